@@ -1,0 +1,58 @@
+"""Atomic per-epoch checkpoints: everything needed to continue a run bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lenet.tracking import atomic_file
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` through a temporary file and a rename, so a crash leaves the old one."""
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
+    """The state saved at ``path``, or None when there is no checkpoint."""
+    if not path.is_file():
+        return None
+    # our own file, holding optimizer states and RNG tensors besides weights
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The random-number states that decide what happens next in training."""
+    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts, except those under ``ignore``."""
+
+    def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+        return flat
+
+    a, b = flatten(saved), flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]

@@ -1,0 +1,236 @@
+"""The typed config: dataclasses registered in Hydra's ConfigStore as the schema of every group.
+
+The YAML files in ``conf/`` hold the values and extend the ``base_*`` nodes stored here (Hydra's
+structured-config example 5.1), so an unknown key or a wrong type fails before any work is done.
+Ranges that a type cannot express are checked by ``validate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lenet.errors import ConfigError
+
+
+class Resize(Enum):
+    pad = "pad"  # zero-pad 28x28 to 32x32, as in the 1998 paper
+    resize = "resize"  # bilinear resize to 32x32, as torchvision's Resize(32)
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast to bfloat16 for forward and loss
+
+
+class WandbMode(Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # a name from lenet.models.list_models()
+    pooling: str = MISSING  # a name from lenet.models.list_poolings(); the pooling group sets it
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING  # sgd | adam | adamw
+    lr: float = MISSING  # learning rate; the peak for onecycle
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = 0.9  # [0, 1)
+    nesterov: bool = True
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    beta1: float = 0.9  # [0, 1)
+    beta2: float = 0.999  # [0, 1)
+    eps: float = 1e-8
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    pass
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = MISSING  # none | step | cosine | onecycle
+
+
+@dataclass
+class StepConfig(SchedulerConfig):
+    step_epochs: int = 4  # multiply lr by gamma every this many epochs
+    gamma: float = 0.1  # (0, 1]
+
+
+@dataclass
+class CosineConfig(SchedulerConfig):
+    warmup_epochs: float = 0.0  # linear warm-up from 0, then cosine decay over the rest
+    min_lr: float = 0.0  # lr at the end of training
+
+
+@dataclass
+class OneCycleConfig(SchedulerConfig):
+    pct_start: float = 0.25  # (0, 1): fraction of steps spent warming up
+    div_factor: float = 25.0  # initial lr = lr / div_factor
+    final_div_factor: float = 1e4  # final lr = initial lr / final_div_factor
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # mnist | fashion_mnist | kmnist | synthetic
+    root: str = "data"  # folder holding NAME/raw/*-ubyte[.gz] or the four files; relative to where you started
+    download: bool = True  # fetch with torchvision when the files are missing
+    resize: Resize = Resize.pad
+    mean: float = MISSING  # of the training pixels in [0, 1]
+    std: float = MISSING
+    train_size: int = 2000  # synthetic data only: number of generated images
+    test_size: int = 500  # synthetic data only
+
+
+@dataclass
+class DeviceConfig:
+    name: str = MISSING  # auto | cpu | cuda | mps
+    num_threads: Optional[int] = None  # torch CPU threads; null: cores / parallel jobs of the launcher
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "none"  # none | wandb
+    mode: Optional[WandbMode] = None  # null: $WANDB_MODE if set, else offline
+    project: str = "lenet"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the sweep's dir in a multirun
+    name: Optional[str] = None  # null: the overrides of the job, e.g. pooling=avg,seed=1
+    tags: List[str] = field(default_factory=list)
+    log_model: bool = False  # upload the final weights as an artifact
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    precision: Precision = Precision.fp32
+    compile: bool = False  # torch.compile the model
+    resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
+    progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    data: DataConfig = MISSING
+    device: DeviceConfig = MISSING
+    logger: LoggerConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+_GROUP_SCHEMAS: dict[str, dict[str, Any]] = {
+    "model": {"base_model": ModelConfig},
+    "optimizer": {"base_sgd": SGDConfig, "base_adam": AdamConfig, "base_adamw": AdamWConfig},
+    "scheduler": {
+        "base_none": SchedulerConfig,
+        "base_step": StepConfig,
+        "base_cosine": CosineConfig,
+        "base_onecycle": OneCycleConfig,
+    },
+    "data": {"base_data": DataConfig},
+    "device": {"base_device": DeviceConfig},
+    "logger": {"base_logger": LoggerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schema nodes in Hydra's ConfigStore; call before composing."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, nodes in _GROUP_SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)
+
+
+def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def validate(cfg: Config) -> None:
+    """Check the ranges a type cannot express; raise ConfigError naming the key."""
+    opt, trainer = cfg.optimizer, cfg.trainer
+    _require(_positive(opt.lr), "optimizer.lr", "a finite number > 0", opt.lr)
+    _require(math.isfinite(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", ">= 0", opt.weight_decay)
+    if isinstance(opt, SGDConfig):
+        _require(0 <= opt.momentum < 1, "optimizer.momentum", "in [0, 1)", opt.momentum)
+        _require(not opt.nesterov or opt.momentum > 0, "optimizer.nesterov", "false when momentum is 0", opt.nesterov)
+    if isinstance(opt, AdamConfig):
+        _require(0 <= opt.beta1 < 1, "optimizer.beta1", "in [0, 1)", opt.beta1)
+        _require(0 <= opt.beta2 < 1, "optimizer.beta2", "in [0, 1)", opt.beta2)
+        _require(_positive(opt.eps), "optimizer.eps", "a finite number > 0", opt.eps)
+    sched = cfg.scheduler
+    if isinstance(sched, StepConfig):
+        _require(sched.step_epochs >= 1, "scheduler.step_epochs", ">= 1", sched.step_epochs)
+        _require(0 < sched.gamma <= 1, "scheduler.gamma", "in (0, 1]", sched.gamma)
+    if isinstance(sched, CosineConfig):
+        _require(0 <= sched.warmup_epochs < trainer.epochs, "scheduler.warmup_epochs", "in [0, trainer.epochs)", sched.warmup_epochs)
+        _require(0 <= sched.min_lr < opt.lr, "scheduler.min_lr", "in [0, optimizer.lr)", sched.min_lr)
+    if isinstance(sched, OneCycleConfig):
+        _require(0 < sched.pct_start < 1, "scheduler.pct_start", "in (0, 1)", sched.pct_start)
+        _require(_positive(sched.div_factor), "scheduler.div_factor", "> 0", sched.div_factor)
+        _require(_positive(sched.final_div_factor), "scheduler.final_div_factor", "> 0", sched.final_div_factor)
+    _require(trainer.epochs >= 1, "trainer.epochs", ">= 1", trainer.epochs)
+    _require(trainer.batch_size >= 1, "trainer.batch_size", ">= 1", trainer.batch_size)
+    _require(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", ">= 1", trainer.eval_batch_size)
+    _require(_positive(cfg.data.std), "data.std", "a finite number > 0", cfg.data.std)
+    _require(cfg.data.train_size >= 1, "data.train_size", ">= 1", cfg.data.train_size)
+    _require(cfg.data.test_size >= 1, "data.test_size", ">= 1", cfg.data.test_size)
+    threads = cfg.device.num_threads
+    _require(threads is None or threads >= 1, "device.num_threads", "null or >= 1", threads)
+    _require(cfg.logger.backend in ("none", "wandb"), "logger.backend", "'none' or 'wandb'", cfg.logger.backend)
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    # `+key=value` force-adds keys past the schema, and to_object would silently drop them
+    known = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
+    unknown = [f"{prefix}{k}" for k in node.keys() if k not in known]
+    for key in known & set(node.keys()):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            unknown += _unknown_keys(child, f"{prefix}{key}.")
+    return unknown
+
+
+def to_typed(cfg: DictConfig) -> Config:
+    """The composed DictConfig as validated dataclass instances."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"unknown config key {', '.join(unknown)}: not in the schema (see python train.py --cfg job)")
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    assert isinstance(typed, Config)
+    validate(typed)
+    return typed

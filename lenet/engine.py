@@ -1,0 +1,87 @@
+"""The training loop: one epoch over tensors already on the device, and evaluation.
+
+Plain code in the style of pytorch/examples: the functions take a model, tensors and numbers.
+No per-step host synchronisation: losses are summed on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from lenet.errors import Interrupted
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``bf16``, else a no-op."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[LRScheduler],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    bf16: bool = False,
+    progress: bool = False,
+    stop_requested: Callable[[], Optional[str]] = lambda: None,
+    desc: str = "train",
+) -> float:
+    """Train for one pass over ``images`` in a shuffled order drawn from ``generator``; mean loss."""
+    model.train()
+    n = len(labels)
+    order = torch.randperm(n, generator=generator).to(images.device)
+    loss_sum = torch.zeros((), device=images.device)
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    for start in starts:
+        signal_name = stop_requested()
+        if signal_name:
+            raise Interrupted(signal_name)
+        index = order[start : start + batch_size]
+        x, y = images[index], labels[index]
+        with autocast(images.device, bf16):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().float() * len(index)
+    return loss_sum.item() / n
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    bf16: bool = False,
+) -> tuple[float, float]:
+    """Mean loss and accuracy (a fraction) of ``model`` on ``images`` in fixed order."""
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, len(labels), batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        with autocast(images.device, bf16):
+            logits = model(x)
+            loss_sum += loss_fn(logits, y, reduction="sum").float()
+        correct += (logits.argmax(dim=1) == y).sum()
+    n = len(labels)
+    return loss_sum.item() / n, correct.item() / n

@@ -1,0 +1,307 @@
+"""One job: turn the typed config into data, model and optimizer, train, evaluate and record.
+
+``run_from_hydra`` is what ``train.py`` calls; it also decides how a failure ends the job: one
+line on stderr and a non-zero exit for a single run, a recorded failure and NaN inside a sweep so
+that the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lenet.checkpoint import CHECKPOINT_FILE, changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lenet.config import Config, Precision, to_typed
+from lenet.data import load_dataset
+from lenet.engine import evaluate, train_one_epoch
+from lenet.errors import ConfigError, DeviceError, DivergedError, Interrupted, UserError
+from lenet.models import create_model, num_params
+from lenet.optim import build_optimizer, build_scheduler
+from lenet.tracking import Tracker, start_wandb
+
+log = logging.getLogger(__name__)
+
+# keys that may change between a run and its resumption without changing its results
+RESUME_IGNORES = ("logger", "trainer.resume", "trainer.progress", "trainer.eval_batch_size", "device", "data.root", "data.download")
+
+
+@dataclass
+class JobInfo:
+    """What Hydra knows about this job that the config does not hold."""
+
+    run_dir: Path
+    cwd: Path  # where the user started; relative paths are resolved against it
+    overrides: list[str] = field(default_factory=list)
+    multirun: bool = False
+    sweep_dir: Optional[Path] = None
+    override_dirname: str = ""
+    parallel_jobs: int = 1  # jobs of the sweep running at once on this machine
+
+    @classmethod
+    def from_hydra(cls) -> "JobInfo":
+        """Read the running job's Hydra config."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None) if multirun else None
+        cores = len(os.sched_getaffinity(0))
+        parallel = 1 if n_jobs is None else (cores if n_jobs < 0 else min(n_jobs, cores))
+        return cls(
+            run_dir=Path(hc.runtime.output_dir),
+            cwd=Path(hc.runtime.cwd),
+            overrides=list(hc.overrides.task),
+            multirun=multirun,
+            sweep_dir=Path(hc.sweep.dir).resolve() if multirun else None,
+            override_dirname=hc.job.override_dirname,
+            parallel_jobs=max(1, parallel),
+        )
+
+    @property
+    def wandb_group(self) -> Optional[str]:
+        """The sweep's dir (relative to where it was started), shared by all jobs of a sweep."""
+        if self.sweep_dir is None:
+            return None
+        try:
+            return str(self.sweep_dir.relative_to(self.cwd.resolve()))
+        except ValueError:
+            return str(self.sweep_dir)
+
+
+class SignalStop:
+    """Turn SIGINT/SIGTERM into a request to stop at the next step boundary; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "SignalStop":
+        # submitit installs its own handlers to checkpoint and requeue; signals only reach the main thread
+        if threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+
+    def __call__(self) -> Optional[str]:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``device=name``; an unavailable one raises DeviceError."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise DeviceError(f"device={name} was asked for but is not available on this machine; use device=auto or device=cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def default_num_threads(parallel_jobs: int) -> int:
+    """CPU threads per job so that ``parallel_jobs`` jobs share this machine's cores without oversubscribing."""
+    return max(1, len(os.sched_getaffinity(0)) // parallel_jobs)
+
+
+def _resolve_path(path: str, cwd: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else cwd / p
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate as ``cfg`` says, recording into ``job.run_dir``; return the summary.
+
+    The summary (and W&B run, if any) is finished also when training fails or is interrupted;
+    the exception is then raised again for the caller to report.
+    """
+    started = time.perf_counter()
+    run_dir = job.run_dir
+    summary: dict[str, Any] = {
+        "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
+        "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
+        "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
+        "model": cfg.model.name, "pooling": cfg.model.pooling, "optimizer": cfg.optimizer.name,
+        "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
+        "weights": None, "resumed_from_epoch": None, "started_at": _now(), "finished_at": None,
+        "torch_version": torch.__version__,
+    }  # fmt: skip
+    tracker = Tracker(run_dir)
+    exit_code = 1
+    elapsed_before = 0.0
+    history: list[dict[str, Any]] = []
+    try:
+        with SignalStop() as stop:
+            device = resolve_device(cfg.device.name)
+            summary["device"] = str(device)
+            torch.set_num_threads(cfg.device.num_threads or default_num_threads(job.parallel_jobs))
+            if cfg.logger.backend == "wandb":
+                tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.override_dirname or None)
+
+            train, test = load_dataset(
+                cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
+                cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
+            )  # fmt: skip
+            torch.manual_seed(cfg.seed)
+            model = create_model(cfg.model.name, pooling=cfg.model.pooling).to(device)
+            summary["num_params"] = num_params(model)
+            forward = torch.compile(model) if cfg.trainer.compile else model
+            optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+            steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
+            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
+            generator = torch.Generator().manual_seed(cfg.seed)
+
+            checkpoint_path = run_dir / CHECKPOINT_FILE
+            checkpoint = load_checkpoint(checkpoint_path) if cfg.trainer.resume else None
+            if checkpoint is not None:
+                changed = changed_keys(checkpoint["config"], config_record, RESUME_IGNORES)
+                if changed:
+                    raise ConfigError(
+                        f"cannot resume from {checkpoint_path}: it was made with different values of "
+                        f"{', '.join(changed)}; resume with the same config or start a new run dir"
+                    )
+                model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
+                if scheduler is not None:
+                    scheduler.load_state_dict(checkpoint["scheduler"])
+                set_rng_state(checkpoint["rng"], generator)
+                history = checkpoint["history"]
+                elapsed_before = checkpoint["wall_seconds"]
+                summary["resumed_from_epoch"] = len(history)
+                log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
+            elif cfg.trainer.resume:
+                log.info("trainer.resume=true but %s does not exist: starting from epoch 1", checkpoint_path)
+            tracker.log_epoch(history)
+
+            bf16 = cfg.trainer.precision == Precision.bf16
+            progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
+            for epoch in range(len(history) + 1, cfg.trainer.epochs + 1):
+                if stop():
+                    raise Interrupted(stop())
+                epoch_start = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                train_loss = train_one_epoch(
+                    forward, model.loss, optimizer, scheduler, train.images, train.labels, cfg.trainer.batch_size,
+                    generator, bf16=bf16, progress=progress, stop_requested=stop,
+                    desc=f"epoch {epoch}/{cfg.trainer.epochs}",
+                )  # fmt: skip
+                test_loss, test_acc = evaluate(forward, model.loss, test.images, test.labels, cfg.trainer.eval_batch_size, bf16)
+                seconds = time.perf_counter() - epoch_start
+                if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+                    kept = f"the checkpoint of epoch {epoch - 1} is kept in {checkpoint_path}" if history else "no checkpoint was written"
+                    raise DivergedError(
+                        f"the loss became {train_loss if not math.isfinite(train_loss) else test_loss} in epoch {epoch}; "
+                        f"{kept}; lower optimizer.lr (now {cfg.optimizer.lr}) or change the schedule"
+                    )
+                history.append(
+                    {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
+                     "lr": lr, "seconds": seconds}
+                )  # fmt: skip
+                save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "rng": rng_state(generator), "history": history, "config": config_record,
+                        "wall_seconds": elapsed_before + time.perf_counter() - started,
+                    },
+                )  # fmt: skip
+                tracker.log_epoch(history)
+                log.info(
+                    "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
+                    epoch, cfg.trainer.epochs, train_loss, test_loss, 100 * test_acc, lr, seconds,
+                )  # fmt: skip
+
+            weights = run_dir / f"lenet_{cfg.data.name}.pth"
+            torch.save(model.state_dict(), weights)
+            summary["weights"] = weights.name
+            if cfg.logger.log_model:
+                tracker.log_weights(weights, f"lenet_{cfg.data.name}")
+        summary["status"] = "completed"
+        exit_code = 0
+    except Interrupted as e:
+        summary.update(status="interrupted", error=str(e))
+        exit_code = 128 + signal.Signals[e.signal_name].value
+        raise
+    except BaseException as e:
+        summary.update(status="failed", error=str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        _fill_results(summary, history)
+        summary["wall_seconds"] = elapsed_before + time.perf_counter() - started
+        summary["finished_at"] = _now()
+        tracker.finish(summary, exit_code)
+    return summary
+
+
+def _fill_results(summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    best = max(history, key=lambda row: row["test_acc"])
+    summary.update(
+        final_test_acc=history[-1]["test_acc"], final_test_loss=history[-1]["test_loss"],
+        final_train_loss=history[-1]["train_loss"], best_test_acc=best["test_acc"], best_epoch=best["epoch"],
+        epochs_completed=len(history), seconds_per_epoch=sum(r["seconds"] for r in history) / len(history),
+    )  # fmt: skip
+
+
+def _failed_summary(job: JobInfo, error: str) -> None:
+    """Record a job that failed before training could start (its config did not validate)."""
+    Tracker(job.run_dir).finish(
+        {"status": "failed", "error": error, "final_test_acc": None, "best_test_acc": None, "overrides": job.overrides,
+         "started_at": _now(), "finished_at": _now()},
+        exit_code=1,
+    )  # fmt: skip
+
+
+def run_from_hydra(cfg: DictConfig) -> float:
+    """Run the job Hydra composed; return its final test accuracy (NaN when it failed inside a sweep)."""
+    job = JobInfo.from_hydra()
+    try:
+        try:
+            typed = to_typed(cfg)
+        except UserError as e:
+            _failed_summary(job, str(e))
+            raise
+        summary = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    except Interrupted as e:
+        print(f"error: {e}; the last checkpoint is kept in {job.run_dir}; continue with trainer.resume=true", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[e.signal_name].value) from None
+    except UserError as e:
+        if job.multirun:
+            log.error("job failed: %s", e)
+            return math.nan
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception:
+        if job.multirun:
+            log.exception("job failed")
+            return math.nan
+        raise
+    return summary["final_test_acc"]

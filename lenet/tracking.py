@@ -1,0 +1,129 @@
+"""Where a run's results go: local files in the run dir (always) and Weights & Biases (optional).
+
+``metrics.jsonl`` (one JSON object per epoch) and ``summary.json`` are rewritten whole through a
+temporary file and a rename, so a crash never leaves a half-written or duplicated line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from lenet.config import LoggerConfig, WandbMode
+from lenet.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a part."""
+    with atomic_file(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run, in order; empty when the run logged none."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's summary.json, or None when there is none."""
+    path = run_dir / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolve_wandb_mode(mode: Optional[WandbMode]) -> str:
+    """The W&B mode to use: the configured one, else $WANDB_MODE, else offline."""
+    if mode is not None:
+        return mode.value
+    return os.environ.get("WANDB_MODE") or "offline"
+
+
+def start_wandb(
+    cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], group: Optional[str], name: Optional[str]
+) -> Any:
+    """Start a W&B run whose files live in ``run_dir``; fail fast when online without credentials."""
+    import wandb
+
+    mode = resolve_wandb_mode(cfg.mode)
+    if mode == "online" and not wandb.login(prompt=False, verify=False):
+        raise UserError(
+            "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "
+            "or set WANDB_API_KEY, or log offline with logger.mode=offline and `wandb sync` later"
+        )
+    return wandb.init(
+        dir=str(run_dir),
+        mode=mode,
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group or group,
+        name=cfg.name or name,
+        tags=list(cfg.tags) or None,
+        config=config,
+        reinit="finish_previous",  # a previous job of the sweep in this process must never leak in
+        settings=wandb.Settings(console="off", silent=True),
+    )
+
+
+class Tracker:
+    """Records one run: metrics and summary files in its dir, mirrored to a W&B run if given."""
+
+    def __init__(self, run_dir: Path, wandb_run: Any = None):
+        self.run_dir = run_dir
+        self.wandb_run = wandb_run
+
+    def log_epoch(self, history: list[dict[str, Any]]) -> None:
+        """Write all epochs so far to metrics.jsonl and send the newest to W&B."""
+        write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+        if self.wandb_run is not None and history:
+            self.wandb_run.log(history[-1], step=history[-1]["epoch"])
+
+    def log_weights(self, path: Path, artifact_name: str) -> None:
+        """Upload the weights file as a W&B model artifact."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(artifact_name, type="model")
+        artifact.add_file(str(path))
+        self.wandb_run.log_artifact(artifact)
+
+    def finish(self, summary: dict[str, Any], exit_code: int) -> None:
+        """Write summary.json and finish the W&B run, marked failed when ``exit_code`` is not 0."""
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        if self.wandb_run is not None:
+            try:
+                keys = ("status", "final_test_acc", "best_test_acc", "best_epoch", "num_params", "wall_seconds")
+                self.wandb_run.summary.update({k: summary[k] for k in keys if summary.get(k) is not None})
+            finally:
+                self.wandb_run.finish(exit_code=exit_code)
+                self.wandb_run = None

@@ -1,0 +1,125 @@
+"""train.py end to end, in a subprocess, the way a user types it."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lenet.models import create_model
+
+from conftest import read_json, read_jsonl, run_train, write_idx, write_mnist
+
+FAST = ["data=synthetic", "data.train_size=512", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
+
+
+def only_dir(pattern: str, cwd: Path) -> Path:
+    found = sorted(cwd.glob(pattern))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
+    result = run_train(*FAST, "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = only_dir("outputs/*/*", tmp_path)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", str(run_dir.relative_to(tmp_path / "outputs")))
+    assert re.search(r"epoch 1/1\s+train_loss [\d.]+\s+test_loss [\d.]+\s+test_acc [\d.]+%", result.stdout + result.stderr)
+
+    (row,) = read_jsonl(run_dir / "metrics.jsonl")
+    assert row["epoch"] == 1 and 0 <= row["test_acc"] <= 1 and row["seconds"] > 0 and row["lr"] > 0
+    assert {"train_loss", "test_loss"} <= set(row)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["final_test_acc"] == row["test_acc"] == summary["best_test_acc"]
+    assert summary["num_params"] == 61_706 and summary["epochs"] == 1 and summary["wall_seconds"] > 0
+    assert summary["overrides"] == [*FAST, "trainer.epochs=1"]
+    assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == summary["overrides"]
+
+    state = torch.load(run_dir / "lenet_synthetic.pth", weights_only=True)
+    model = create_model("lenet5")
+    model.load_state_dict(state)  # a plain state_dict of the registry's model
+    assert "progress" not in result.stderr and "batch/s" not in result.stderr  # no bar when not on a terminal
+
+
+def test_relative_data_root_is_resolved_against_the_start_dir(tmp_path):
+    write_mnist(tmp_path / "mydata" / "MNIST" / "raw", n_train=128, n_test=64, gz=True)
+    result = run_train("data.root=mydata", "data.download=false", "trainer.epochs=1", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = only_dir("outputs/*/*", tmp_path)
+    assert (run_dir / "lenet_mnist.pth").is_file()
+    assert read_json(run_dir / "summary.json")["dataset"] == "mnist"
+
+
+def test_multirun_over_pooling_writes_one_dir_per_job(tmp_path):
+    result = run_train("-m", "pooling=avg,max", *FAST, "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir("multirun/*/*", tmp_path)
+    summaries = {d.name: read_json(d / "summary.json") for d in sorted(sweep.iterdir()) if d.is_dir()}
+    assert sorted(summaries) == ["0", "1"]
+    assert [s["pooling"] for s in summaries.values()] == ["avg", "max"]
+    assert all(s["status"] == "completed" for s in summaries.values())
+    assert read_json(sweep / "0" / "summary.json")["overrides"][0] == "pooling=avg"
+
+
+def test_cfg_job_help_and_info_work_as_in_hydra(tmp_path):
+    cfg = run_train("--cfg", "job", "optimizer=adam", "pooling=avg", cwd=tmp_path)
+    assert cfg.returncode == 0
+    job = yaml.safe_load(cfg.stdout)
+    assert job["optimizer"]["name"] == "adam" and job["model"]["pooling"] == "avg" and job["trainer"]["epochs"] == 10
+    help_ = run_train("--help", cwd=tmp_path)
+    assert help_.returncode == 0 and "optimizer: adam, adamw" in help_.stdout.replace("base_adam, base_adamw, base_sgd, ", "")
+    info = run_train("--info", cwd=tmp_path)
+    assert info.returncode == 0 and "Config search path" in info.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["optimizer=sgdd"], ["Could not find 'optimizer/sgdd'", "adamw"]),
+        (["trainer.epoch=3"], ["Key 'epoch' not in 'TrainerConfig'"]),
+        (["trainer.epochs=abc"], ["trainer.epochs", "abc"]),
+        (["optimizer.lr=-1"], ["error: optimizer.lr must be a finite number > 0, got -1.0"]),
+        (["optimizer.lr=nan"], ["error: optimizer.lr must be a finite number > 0, got nan"]),
+        (["trainer.epochs=0"], ["error: trainer.epochs must be >= 1, got 0"]),
+    ],
+)
+def test_config_mistakes_end_in_a_clear_message(tmp_path, args, fragments):
+    assert_one_line_error(run_train(*args, cwd=tmp_path), *fragments)
+
+
+def test_missing_data_without_download_names_the_folder(tmp_path):
+    result = run_train("data.root=nowhere", "data.download=false", cwd=tmp_path)
+    assert_one_line_error(result, "error: mnist not found", str(tmp_path / "nowhere" / "MNIST" / "raw"), "data.root")
+    summary = read_json(only_dir("outputs/*/*", tmp_path) / "summary.json")
+    assert summary["status"] == "failed" and "not found" in summary["error"]
+
+
+def test_corrupt_and_mismatched_idx_files_name_the_file(tmp_path):
+    raw = write_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=40, n_test=20)
+    (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:-50])
+    result = run_train("data.download=false", "hydra.run.dir=out1", cwd=tmp_path)
+    assert_one_line_error(result, "t10k-images-idx3-ubyte is truncated or corrupt")
+    write_mnist(raw, n_train=40, n_test=20)
+    write_idx(raw / "train-labels-idx1-ubyte", torch.zeros(39, dtype=torch.uint8).numpy())
+    result = run_train("data.download=false", "hydra.run.dir=out2", cwd=tmp_path)
+    assert_one_line_error(result, "holds 40 images but", "holds 39 labels")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_a_clear_error(tmp_path):
+    assert_one_line_error(run_train(*FAST, "device=cuda", cwd=tmp_path), "error: device=cuda", "device=cpu")
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = run_train(*FAST, "hydra.run.dir=afile/run", cwd=tmp_path)
+    assert_one_line_error(result, "error: cannot write the output dir afile/run", "hydra.run.dir")

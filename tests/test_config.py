@@ -1,0 +1,117 @@
+"""Every config group composes into a valid typed config; bad values fail with the key named."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from lenet.config import Config, Precision, Resize, SGDConfig, register_configs, to_typed
+from lenet.errors import ConfigError
+from lenet.models import list_models, list_poolings
+
+from conftest import REPO
+
+CONF = REPO / "conf"
+GROUPS = ["model", "pooling", "optimizer", "scheduler", "data", "device", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_conf():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        yield
+
+
+def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
+    cfg = to_typed(compose("config"))
+    assert isinstance(cfg, Config) and isinstance(cfg.optimizer, SGDConfig)
+    assert (cfg.model.name, cfg.model.pooling, cfg.scheduler.name, cfg.data.name) == ("lenet5", "max", "onecycle", "mnist")
+    assert cfg.trainer.epochs == 10 and cfg.seed == 0 and cfg.data.resize == Resize.pad and cfg.device.name == "auto"
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option_composes(group, option):
+    cfg = to_typed(compose("config", overrides=[f"{group}={option}"]))
+    if group == "pooling":
+        assert cfg.model.pooling == option
+    elif group == "logger":
+        assert cfg.logger.backend == option
+    else:
+        assert getattr(cfg, group).name == option
+
+
+def test_group_options_match_the_registries():
+    assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == list_models()
+    assert sorted(p.stem for p in (CONF / "pooling").glob("*.yaml")) == list_poolings()
+
+
+def test_pooling_choice_lands_in_the_model_config():
+    assert compose("config", overrides=["pooling=avg"]).model.pooling == "avg"
+    assert compose("config", overrides=["pooling=avg", "model.pooling=max"]).model.pooling == "max"
+
+
+def test_typed_values_and_enums():
+    cfg = to_typed(compose("config", overrides=["trainer.precision=bf16", "data.resize=resize", "optimizer=adam"]))
+    assert cfg.trainer.precision == Precision.bf16 and cfg.data.resize == Resize.resize
+    assert (cfg.optimizer.beta1, cfg.optimizer.beta2) == (0.9, 0.999)
+
+
+@pytest.mark.parametrize(
+    "override,error",
+    [
+        ("trainer.epoch=3", ConfigCompositionException),  # unknown key
+        ("trainer.epochs=three", ConfigCompositionException),  # wrong type
+        ("trainer.precision=fp8", ConfigCompositionException),
+        ("optimizer=sgdd", ConfigCompositionException),
+    ],
+)
+def test_schema_rejects_unknown_keys_and_wrong_types(override, error):
+    with pytest.raises(error):
+        compose("config", overrides=[override])
+
+
+def test_force_added_keys_outside_the_schema_are_rejected():
+    with pytest.raises(ConfigError, match="unknown config key trainer.foo"):
+        to_typed(compose("config", overrides=["+trainer.foo=1"]))
+
+
+def test_option_specific_keys_are_checked_against_that_options_schema():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("config", overrides=["optimizer=adam", "optimizer.momentum=0.9"])
+    assert isinstance(e.value.__cause__, (ConfigKeyError, ValidationError)) or "momentum" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-0.1", "optimizer.lr"),
+        ("optimizer.lr=nan", "optimizer.lr"),
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("optimizer.momentum=1.0", "optimizer.momentum"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("trainer.eval_batch_size=-5", "trainer.eval_batch_size"),
+        ("device.num_threads=0", "device.num_threads"),
+        ("data.std=0", "data.std"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"^{key} must be"):
+        to_typed(compose("config", overrides=[override]))
+
+
+def test_scheduler_ranges_are_checked():
+    with pytest.raises(ConfigError, match="scheduler.pct_start"):
+        to_typed(compose("config", overrides=["scheduler.pct_start=1.5"]))
+    with pytest.raises(ConfigError, match="scheduler.gamma"):
+        to_typed(compose("config", overrides=["scheduler=step", "scheduler.gamma=0"]))
+    with pytest.raises(ConfigError, match="scheduler.warmup_epochs"):
+        to_typed(compose("config", overrides=["scheduler=cosine", "scheduler.warmup_epochs=10"]))
+
+
+def test_missing_mandatory_value_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.name|name"):
+        to_typed(compose("config", overrides=["model.name=???"]))

@@ -1,0 +1,117 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import lenet.data as data
+from lenet.data import load_dataset, locate_raw, make_synthetic, preprocess, read_idx
+from lenet.errors import DataError
+
+from conftest import REAL_DATA, write_idx, write_mnist
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_round_trips_images_and_labels(tmp_path, gz):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", images, gz=gz)
+    np.testing.assert_array_equal(read_idx(path), images)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "labels", labels, gz=gz)), labels)
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "flat"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_dataset_is_found_in_torchvision_layout_or_a_flat_folder(tmp_path, layout, gz):
+    folder = tmp_path / "MNIST" / "raw" if layout == "torchvision" else tmp_path
+    write_mnist(folder, n_train=30, n_test=20, gz=gz)
+    train, test = load_dataset("mnist", tmp_path, False, "pad", 0.1307, 0.3081, CPU)
+    assert train.images.shape == (30, 1, 32, 32) and test.images.shape == (20, 1, 32, 32)
+    assert train.labels.dtype == torch.int64 and len(test) == 20
+    expected_labels = make_synthetic(20, 12)[1]
+    np.testing.assert_array_equal(test.labels.numpy(), expected_labels)
+
+
+def test_missing_data_names_the_folders_and_the_fix(tmp_path):
+    with pytest.raises(DataError) as e:
+        locate_raw(tmp_path, "mnist", download=False)
+    message = str(e.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "data.root" in message and "data.download=true" in message
+
+
+def test_bad_magic_is_reported_with_the_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"<html>not found</html>" * 10)
+    with pytest.raises(DataError, match=f"{path} is not an IDX file"):
+        read_idx(path)
+
+
+def test_truncated_file_is_reported_with_the_file(tmp_path):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=f"{path} is truncated or corrupt"):
+        read_idx(path)
+    path.write_bytes(path.read_bytes()[:9])
+    with pytest.raises(DataError, match="truncated inside its header"):
+        read_idx(path)
+
+
+def test_corrupt_gzip_is_reported_with_the_file(tmp_path):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8), gz=True)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DataError, match=f"cannot read {path}"):
+        read_idx(path)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    write_mnist(tmp_path, n_train=30, n_test=20)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(29, np.uint8))
+    with pytest.raises(DataError, match="holds 30 images but .* holds 29 labels"):
+        load_dataset("mnist", tmp_path, False, "pad", 0.1307, 0.3081, CPU)
+
+
+def test_preprocess_pads_like_the_paper_or_resizes_like_torchvision():
+    images = np.full((2, 28, 28), 255, dtype=np.uint8)
+    padded = preprocess(images, "pad", mean=0.0, std=1.0, device=CPU)
+    assert padded.shape == (2, 1, 32, 32)
+    assert padded[0, 0, 2:30, 2:30].eq(1).all() and padded[0, 0, :2].eq(0).all() and padded[0, 0, :, 30:].eq(0).all()
+    resized = preprocess(images, "resize", mean=0.5, std=0.5, device=CPU)
+    assert resized.shape == (2, 1, 32, 32) and torch.allclose(resized, torch.ones_like(resized))
+
+
+def test_synthetic_data_is_deterministic_and_balanced():
+    a, b = make_synthetic(500, seed=3), make_synthetic(500, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == (500, 28, 28) and a[0].dtype == np.uint8
+    assert set(np.unique(a[1])) == set(range(10))
+    assert not np.array_equal(a[0], make_synthetic(500, seed=4)[0])
+
+
+def test_concurrent_jobs_download_once(tmp_path, monkeypatch):
+    calls = []
+
+    def slow_download(root, dataset):
+        calls.append(dataset)
+        time.sleep(0.3)  # long enough for the other job to arrive while this one downloads
+        write_mnist(root / "MNIST" / "raw", n_train=10, n_test=10)
+
+    monkeypatch.setattr(data, "_download", slow_download)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(locate_raw(tmp_path, "mnist", True))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["mnist"] and len(results) == 3
+    assert results[0]["train"][0] == tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+
+
+@pytest.mark.skipif(not (REAL_DATA / "MNIST" / "raw").is_dir(), reason="no real MNIST copy beside the repo")
+def test_real_mnist_has_the_official_split_sizes():
+    train, test = load_dataset("mnist", REAL_DATA, False, "pad", 0.1307, 0.3081, CPU)
+    assert train.images.shape == (60_000, 1, 32, 32) and test.images.shape == (10_000, 1, 32, 32)
+    assert torch.bincount(test.labels).tolist()[:2] == [980, 1135]  # the official test set's class counts
+    assert abs(train.images[:, :, 2:30, 2:30].mean().item()) < 0.01  # normalised with MNIST's own mean/std

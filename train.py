@@ -1,0 +1,25 @@
+"""Train LeNet-5 as the composed Hydra config says.
+
+    python train.py                               # LeNet-5 on MNIST, 10 epochs
+    python train.py optimizer=adam pooling=avg    # choose options of the config groups in conf/
+    python train.py -m pooling=avg,max seed=0,1,2 # a sweep: one job per combination
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from lenet.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Train and evaluate one variant; return its final test accuracy (what sweepers optimise)."""
+    from lenet.runner import run_from_hydra  # imports torch: not needed for --help, --cfg or config errors
+
+    return run_from_hydra(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from lenet.sweep import swept_keys, write_sweep_file
 from lenet.tracking import read_summary
 
 
@@ -35,7 +36,10 @@ class JobReport(Callback):
         _ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _ensure_writable(sweep_dir, "hydra.sweep.dir")
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        write_sweep_file(sweep_dir, swept_keys(config.hydra.overrides.task, params.keys()))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         jobs = sweep_jobs(Path(config.hydra.sweep.dir))

@@ -6,7 +6,7 @@ import math
 from typing import Iterable, Optional
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, StepLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
 from lenet.config import AdamConfig, AdamWConfig, CosineConfig, OneCycleConfig, OptimizerConfig, SGDConfig, StepConfig
 from lenet.config import SchedulerConfig
@@ -24,6 +24,11 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     raise TypeError(f"no optimizer for {type(cfg).__name__}")
 
 
+def _cosine(start: float, end: float, progress: float) -> float:
+    """From ``start`` at progress 0 to ``end`` at progress 1 along half a cosine."""
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
 ) -> Optional[LRScheduler]:
@@ -39,20 +44,20 @@ def build_scheduler(
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            return _cosine(1.0, floor, min(1.0, (step - warmup) / max(1, total_steps - warmup)))
 
         return LambdaLR(optimizer, factor)
     if isinstance(cfg, OneCycleConfig):
-        return OneCycleLR(
-            optimizer,
-            max_lr=optimizer.param_groups[0]["lr"],
-            total_steps=total_steps,
-            pct_start=cfg.pct_start,
-            div_factor=cfg.div_factor,
-            final_div_factor=cfg.final_div_factor,
-            cycle_momentum=False,  # keep the optimizer's momentum/betas as configured
-        )
+        # torch's OneCycleLR formulas (cosine, two phases), but also valid for runs of very few steps
+        start, end = 1 / cfg.div_factor, 1 / (cfg.div_factor * cfg.final_div_factor)
+        peak_step = cfg.pct_start * total_steps - 1
+
+        def factor(step: int) -> float:
+            if step < peak_step:
+                return _cosine(start, 1.0, step / peak_step)
+            return _cosine(1.0, end, min(1.0, (step - peak_step) / max(1e-9, total_steps - 1 - peak_step)))
+
+        return LambdaLR(optimizer, factor)
     if cfg.name == "none":
         return None
     raise TypeError(f"no scheduler for {type(cfg).__name__} named {cfg.name!r}")

@@ -29,6 +29,7 @@ from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import ConfigError, DeviceError, DivergedError, Interrupted, UserError
 from lenet.models import create_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
+from lenet.sweep import job_label, read_swept_keys
 from lenet.tracking import Tracker, start_wandb
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class JobInfo:
     overrides: list[str] = field(default_factory=list)
     multirun: bool = False
     sweep_dir: Optional[Path] = None
-    override_dirname: str = ""
+    label: str = ""  # what sets this job apart in its sweep, e.g. pooling=avg,seed=1
     parallel_jobs: int = 1  # jobs of the sweep running at once on this machine
 
     @classmethod
@@ -66,7 +67,7 @@ class JobInfo:
             overrides=list(hc.overrides.task),
             multirun=multirun,
             sweep_dir=Path(hc.sweep.dir).resolve() if multirun else None,
-            override_dirname=hc.job.override_dirname,
+            label=job_label(list(hc.overrides.task), read_swept_keys(Path(hc.sweep.dir)) if multirun else None),
             parallel_jobs=max(1, parallel),
         )
 
@@ -162,7 +163,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             summary["device"] = str(device)
             torch.set_num_threads(cfg.device.num_threads or default_num_threads(job.parallel_jobs))
             if cfg.logger.backend == "wandb":
-                tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.override_dirname or None)
+                tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.label or None)
 
             train, test = load_dataset(
                 cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,

@@ -75,6 +75,7 @@ def start_wandb(
     import wandb
 
     mode = resolve_wandb_mode(cfg.mode)
+    os.environ["WANDB_MODE"] = mode  # W&B's own settings read it; keep them agreeing with logger.mode
     if mode == "online" and not wandb.login(prompt=False, verify=False):
         raise UserError(
             "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "

@@ -11,7 +11,7 @@ from lenet.models import create_model
 
 from conftest import read_json, read_jsonl, run_train, write_idx, write_mnist
 
-FAST = ["data=synthetic", "data.train_size=512", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
+FAST = ["logger=none", "data=synthetic", "data.train_size=512", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
 
 
 def only_dir(pattern: str, cwd: Path) -> Path:

@@ -1,0 +1,41 @@
+"""What a sweep varies: the keys it sweeps, recorded in its dir for its jobs and for the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+SWEEP_FILE = "sweep.json"
+
+
+def override_key(override: str) -> str:
+    """The key or group an override sets: ``+optimizer.lr=0.1`` -> ``optimizer.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def swept_keys(cli_overrides: Iterable[str], sweeper_params: Iterable[str]) -> list[str]:
+    """Keys a multirun varies: command-line sweeps (``a=1,2``, ``range(3)``, ...) and the sweeper's params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(cli_overrides))
+    keys = {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params)
+    return sorted(keys)
+
+
+def write_sweep_file(sweep_dir: Path, keys: list[str]) -> None:
+    """Record the swept keys in the sweep dir, where every job (also on other hosts) can read them."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"swept": keys}, indent=2) + "\n")
+
+
+def read_swept_keys(sweep_dir: Path) -> Optional[list[str]]:
+    """The keys recorded by ``write_sweep_file``, or None for a sweep dir without the file."""
+    path = sweep_dir / SWEEP_FILE
+    return json.loads(path.read_text())["swept"] if path.is_file() else None
+
+
+def job_label(overrides: list[str], swept: Optional[list[str]]) -> str:
+    """What sets a job apart in its sweep, e.g. ``pooling=avg,seed=1``; all overrides when unknown."""
+    chosen = [o for o in overrides if swept is None or override_key(o) in swept]
+    return ",".join(chosen)

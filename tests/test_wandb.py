@@ -1,0 +1,70 @@
+"""Weights & Biases logging, read back from offline runs: no network, no account."""
+
+import pytest
+
+from conftest import read_json, read_jsonl, run_train
+from wandb_records import OfflineRun
+
+SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu"]
+
+
+def test_offline_run_records_history_config_summary_and_weights(tmp_path):
+    result = run_train("logger=wandb", "logger.log_model=true", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    wb = OfflineRun(run_dir)  # its files live inside the Hydra run dir
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [row["test_acc"] for row in wb.history] == [row["test_acc"] for row in metrics]
+    assert [row["_step"] for row in wb.history] == [1, 2]  # step = epoch
+    assert {"epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"} <= set(wb.history[0])
+    assert wb.config["optimizer"]["lr"] == 0.05 and wb.config["data"]["name"] == "synthetic"
+    assert wb.config["trainer"]["precision"] == "fp32"  # the resolved config, enums as strings
+    summary = read_json(run_dir / "summary.json")
+    assert wb.summary["final_test_acc"] == summary["final_test_acc"] and wb.summary["num_params"] == 61_706
+    assert wb.summary["best_test_acc"] == summary["best_test_acc"] and wb.summary["wall_seconds"] > 0
+    assert wb.exit_code == 0 and wb.run.project == "lenet"
+    assert "artifact" in wb.kinds  # logger.log_model=true uploads the weights
+
+
+def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_path):
+    result = run_train(
+        "-m", "logger=wandb", "data=mnist,synthetic", "data.root=nowhere", "data.download=false", *SYNTHETIC[1:],
+        "trainer.epochs=1", "hydra.sweep.dir=sweep", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0  # the sweep as a whole reports its failed job ...
+    assert "1 of 2 jobs did not complete" in result.stderr and "mnist not found" in result.stderr
+    failed, completed = OfflineRun(tmp_path / "sweep" / "0"), OfflineRun(tmp_path / "sweep" / "1")
+    assert failed.exit_code == 1 and completed.exit_code == 0  # ... after running the next job cleanly
+    assert failed.run.run_group == completed.run.run_group == "sweep"
+    assert failed.run.display_name == "data=mnist" and completed.run.display_name == "data=synthetic"
+    assert len(completed.history) == 1 and failed.history == []
+    assert read_json(tmp_path / "sweep" / "0" / "summary.json")["status"] == "failed"
+
+
+def test_group_and_name_can_be_set(tmp_path):
+    result = run_train(
+        "logger=wandb", "logger.group=ablation", "logger.name=first", "logger.tags=[a,b]", *SYNTHETIC,
+        "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    wb = OfflineRun(tmp_path / "run")
+    assert (wb.run.run_group, wb.run.display_name, list(wb.run.tags)) == ("ablation", "first", ["a", "b"])
+
+
+def test_online_without_credentials_fails_fast_without_prompting(tmp_path):
+    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "NETRC": str(tmp_path / "netrc"), "WANDB_CONFIG_DIR": str(tmp_path)}
+    result = run_train("logger=wandb", "logger.mode=online", *SYNTHETIC, "hydra.run.dir=run", cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "wandb login" in result.stderr and "logger.mode=offline" in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before training
+
+
+@pytest.mark.parametrize("env_mode,expected", [(None, "offline"), ("disabled", "disabled")])
+def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypatch, env_mode, expected):
+    from lenet.tracking import resolve_wandb_mode
+
+    if env_mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env_mode)
+    assert resolve_wandb_mode(None) == expected

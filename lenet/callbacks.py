@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.sweep import swept_keys, write_sweep_file
+from lenet.sweep import sweep_jobs, swept_keys, write_sweep_file
 from lenet.tracking import read_summary
 
 
@@ -22,11 +22,6 @@ def _ensure_writable(folder: Path, key: str) -> None:
     except OSError as e:
         print(f"error: cannot write the output dir {folder} ({e.strerror}); choose another with {key}=PATH", file=sys.stderr)
         raise SystemExit(1) from None
-
-
-def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The job dirs of a sweep: subfolders holding Hydra's .hydra/overrides.yaml."""
-    return sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=str)
 
 
 class JobReport(Callback):

@@ -135,3 +135,140 @@ class LeNet5(nn.Module):
 def lenet5(pooling: str = "max", num_classes: int = 10) -> LeNet5:
     """LeNet-5, modern reading: 6-16-120-84-10, 5x5 convolutions, 61,706 parameters."""
     return LeNet5(pooling=pooling, num_classes=num_classes)
+
+
+# ----------------------------------------------------------------------------- LeNet-5 as in 1998
+
+# LeCun et al. (1998), Table I: the S2 maps each C3 map takes as input
+C3_TABLE: tuple[tuple[int, ...], ...] = (
+    *((i, (i + 1) % 6, (i + 2) % 6) for i in range(6)),  # maps 0-5: 3 contiguous
+    *((i, (i + 1) % 6, (i + 2) % 6, (i + 3) % 6) for i in range(6)),  # maps 6-11: 4 contiguous
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),  # maps 12-14: 4 non-contiguous
+    (0, 1, 2, 3, 4, 5),  # map 15: all
+)  # fmt: skip
+
+# the RBF centres: stylised 7x12 bitmaps of the digits, '#' = +1, '.' = -1 (after the paper's Fig. 3)
+DIGIT_BITMAPS = (
+    ".......|..###..|.#...#.|#.....#|#.....#|#.....#|#.....#|#.....#|.#...#.|..###..|.......|.......",
+    ".......|...#...|..##...|.#.#...|...#...|...#...|...#...|...#...|...#...|.#####.|.......|.......",
+    ".......|.#####.|#.....#|......#|.....#.|....#..|...#...|..#....|.#.....|#######|.......|.......",
+    ".......|.#####.|#.....#|......#|......#|..####.|......#|......#|#.....#|.#####.|.......|.......",
+    ".......|....##.|...#.#.|..#..#.|.#...#.|#....#.|#######|.....#.|.....#.|.....#.|.......|.......",
+    ".......|#######|#......|#......|######.|......#|......#|......#|#.....#|.#####.|.......|.......",
+    ".......|..####.|.#.....|#......|#......|######.|#.....#|#.....#|#.....#|.#####.|.......|.......",
+    ".......|#######|......#|.....#.|....#..|...#...|...#...|..#....|..#....|..#....|.......|.......",
+    ".......|.#####.|#.....#|#.....#|#.....#|.#####.|#.....#|#.....#|#.....#|.#####.|.......|.......",
+    ".......|.#####.|#.....#|#.....#|#.....#|.######|......#|......#|.....#.|.####..|.......|.......",
+)
+
+
+def digit_centres() -> torch.Tensor:
+    """The (10, 84) RBF centres: each digit's 7x12 bitmap as +1/-1, row by row."""
+    rows = [bitmap.replace("|", "") for bitmap in DIGIT_BITMAPS]
+    return torch.tensor([[1.0 if c == "#" else -1.0 for c in row] for row in rows])
+
+
+class ScaledTanh(nn.Module):
+    """The paper's squashing function f(a) = 1.7159 tanh(2a/3): f(1) = 1, f(-1) = -1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+
+
+class PartialConv2d(nn.Module):
+    """A convolution whose output map j sees only the input maps ``table[j]`` (the paper's C3).
+
+    Only the connections in the table are parameters; the dense kernel is assembled each forward.
+    """
+
+    def __init__(self, table: tuple[tuple[int, ...], ...], in_channels: int, kernel_size: int):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, len(table), kernel_size
+        flat = [out * in_channels + inp for out, inputs in enumerate(table) for inp in inputs]
+        self.register_buffer("connection_index", torch.tensor(flat), persistent=False)
+        self.weight = nn.Parameter(torch.empty(len(flat), kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(len(table)))
+        # each output map's fan-in, and the same per connection (kernel) of that map
+        self.fan_in = torch.tensor([len(inputs) * kernel_size**2 for inputs in table], dtype=torch.float32)
+        self.connection_fan_in = torch.tensor([self.fan_in[out] for out, inputs in enumerate(table) for _ in inputs])
+
+    def connections(self) -> torch.Tensor:
+        """(out_channels, in_channels) bool: which input maps each output map sees."""
+        mask = torch.zeros(self.out_channels * self.in_channels, dtype=torch.bool)
+        mask[self.connection_index.cpu()] = True
+        return mask.view(self.out_channels, self.in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        dense = self.weight.new_zeros(self.out_channels * self.in_channels, k, k)
+        dense = dense.index_copy(0, self.connection_index, self.weight)
+        return F.conv2d(x, dense.view(self.out_channels, self.in_channels, k, k), self.bias)
+
+
+class EuclideanRBF(nn.Module):
+    """Output units y_i = sum_j (x_j - w_ij)^2 with fixed centres w (a buffer, not trained)."""
+
+    def __init__(self, centres: torch.Tensor):
+        super().__init__()
+        self.register_buffer("centres", centres)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (N, 84), (10, 84) -> (N, 10) penalties; the expanded square keeps it one matmul
+        return x.pow(2).sum(1, keepdim=True) - 2 * x @ self.centres.t() + self.centres.pow(2).sum(1)
+
+
+class LeNet5Classic(nn.Module):
+    """LeNet-5 as LeCun et al. (1998) describe it: scaled tanh, trainable subsampling, the partial
+    C3 table, and Euclidean RBF outputs with fixed digit-bitmap centres trained by the paper's loss."""
+
+    def __init__(self, pooling: str = "subsample", rubbish_penalty: float = 20.0, loss_scale: float = 0.1):
+        super().__init__()
+        self.act = ScaledTanh()
+        self.c1 = nn.Conv2d(1, 6, 5)
+        self.s2 = create_pooling(pooling, 6, self.act)
+        self.c3 = PartialConv2d(C3_TABLE, 6, 5)
+        self.s4 = create_pooling(pooling, 16, self.act)
+        self.c5 = nn.Conv2d(16, 120, 5)
+        self.f6 = nn.Linear(120, 84)
+        self.output = EuclideanRBF(digit_centres())
+        self.rubbish_penalty = rubbish_penalty  # the paper's j: caps how far wrong classes are pushed
+        # The squared-distance penalties give gradients ~20x those of cross-entropy on a linear layer; the
+        # paper's diagonal Levenberg-Marquardt steps did not care, plain SGD at the harness's learning
+        # rates diverges. A constant factor changes no minimum (and nothing at all for Adam).
+        self.loss_scale = loss_scale
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # the paper: uniform in +-2.4 / fan-in, which keeps the sums in tanh's responsive range
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    bound = 2.4 / module.weight[0].numel()
+                    module.weight.uniform_(-bound, bound)
+                    module.bias.uniform_(-bound, bound)
+                elif isinstance(module, PartialConv2d):
+                    module.weight.uniform_(-1, 1).mul_((2.4 / module.connection_fan_in).view(-1, 1, 1))
+                    module.bias.uniform_(-1, 1).mul_(2.4 / module.fan_in)
+                elif isinstance(module, Subsample):
+                    module.weight.uniform_(-2.4 / 4, 2.4 / 4)
+                    module.bias.uniform_(-2.4 / 4, 2.4 / 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.s2(self.act(self.c1(x)))  # (N, 1, 32, 32) -> C1 (N, 6, 28, 28) -> S2 (N, 6, 14, 14)
+        x = self.s4(self.act(self.c3(x)))  # -> C3 (N, 16, 10, 10) -> S4 (N, 16, 5, 5)
+        x = self.act(self.c5(x)).flatten(1)  # -> C5 (N, 120, 1, 1) -> (N, 120)
+        x = self.act(self.f6(x))  # -> F6 (N, 84)
+        return -self.output(x)  # -> (N, 10) negated penalties: the best class has the largest score
+
+    def loss(self, scores: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The paper's eq. (9), y_correct + log(exp(-j) + sum_i exp(-y_i)) with y = -scores, times loss_scale."""
+        # a cross-entropy over the classes plus a "rubbish" class of constant penalty j
+        rubbish = scores.new_full((len(scores), 1), -self.rubbish_penalty)
+        loss = F.cross_entropy(torch.cat([scores, rubbish], dim=1), targets, reduction=reduction)
+        return loss * self.loss_scale
+
+
+@register_model
+def lenet5_classic(pooling: str = "subsample") -> LeNet5Classic:
+    """LeNet-5 of LeCun et al. (1998): 60,000 trainable parameters with trainable subsampling."""
+    return LeNet5Classic(pooling=pooling)

@@ -195,10 +195,11 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 history = checkpoint["history"]
                 elapsed_before = checkpoint["wall_seconds"]
                 summary["resumed_from_epoch"] = len(history)
+                tracker.replay(history)
                 log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
             elif cfg.trainer.resume:
                 log.info("trainer.resume=true but %s does not exist: starting from epoch 1", checkpoint_path)
-            tracker.log_epoch(history)
+            tracker.write_metrics(history)  # drops epochs logged after the checkpoint was written
 
             bf16 = cfg.trainer.precision == Precision.bf16
             progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
@@ -250,6 +251,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         summary.update(status="interrupted", error=str(e))
         exit_code = 128 + signal.Signals[e.signal_name].value
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        summary.update(status="interrupted", error="interrupted by SIGINT")
+        exit_code = 130
+        raise
     except BaseException as e:
         summary.update(status="failed", error=str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
         raise
@@ -291,9 +296,14 @@ def run_from_hydra(cfg: DictConfig) -> float:
             _failed_summary(job, str(e))
             raise
         summary = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    except Interrupted as e:
-        print(f"error: {e}; the last checkpoint is kept in {job.run_dir}; continue with trainer.resume=true", file=sys.stderr)
-        raise SystemExit(128 + signal.Signals[e.signal_name].value) from None
+    except (Interrupted, KeyboardInterrupt) as e:
+        name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
+        print(
+            f"error: interrupted by {name}; the checkpoint of the last finished epoch is kept in {job.run_dir}; "
+            f"continue with trainer.resume=true hydra.run.dir={job.run_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signal.Signals[name].value) from None
     except UserError as e:
         if job.multirun:
             log.error("job failed: %s", e)

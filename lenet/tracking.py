@@ -102,11 +102,20 @@ class Tracker:
         self.run_dir = run_dir
         self.wandb_run = wandb_run
 
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Write all epochs so far to metrics.jsonl, replacing what it held."""
+        write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+
     def log_epoch(self, history: list[dict[str, Any]]) -> None:
         """Write all epochs so far to metrics.jsonl and send the newest to W&B."""
-        write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+        self.write_metrics(history)
         if self.wandb_run is not None and history:
             self.wandb_run.log(history[-1], step=history[-1]["epoch"])
+
+    def replay(self, history: list[dict[str, Any]]) -> None:
+        """Send the epochs a resumed run had finished before to its new W&B run."""
+        for row in history if self.wandb_run is not None else []:
+            self.wandb_run.log(row, step=row["epoch"])
 
     def log_weights(self, path: Path, artifact_name: str) -> None:
         """Upload the weights file as a W&B model artifact."""

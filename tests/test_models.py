@@ -6,7 +6,10 @@ from lenet.errors import ConfigError
 from lenet.models import create_model, create_pooling, list_models, list_poolings, num_params, register_model
 
 # parameter counts as published; a new model adds its line here
-EXPECTED_PARAMS = {("lenet5", "max"): 61_706, ("lenet5", "avg"): 61_706, ("lenet5", "subsample"): 61_706 + 2 * (6 + 16)}
+EXPECTED_PARAMS = {
+    ("lenet5", "max"): 61_706, ("lenet5", "avg"): 61_706, ("lenet5", "subsample"): 61_706 + 2 * (6 + 16),
+    ("lenet5_classic", "subsample"): 60_000, ("lenet5_classic", "avg"): 59_956, ("lenet5_classic", "max"): 59_956,
+}  # fmt: skip
 
 
 def test_registry_lists_the_models_and_poolings():
@@ -79,3 +82,68 @@ def test_subsample_pooling_is_a_scaled_window_sum_plus_bias():
     window = x[0, 0, :2, :2].sum()
     assert out[0, 0, 0, 0].item() == pytest.approx(2.0 * window.item() + 0.5)
     assert out[0, 1, 1, 1].item() == pytest.approx(-1.0 * x[0, 1, 2:, 2:].sum().item() + 1.0)
+
+
+# LeCun et al. (1998), Table I, as printed: rows are S2 maps, columns C3 maps 0-15
+PAPER_TABLE_I = """
+X...XXX..XXXX.XX
+XX...XXX..XXXX.X
+XXX...XXX..X.XXX
+.XXX..XXXX..X.XX
+..XXX..XXXX.XX.X
+...XXX..XXXX.XXX
+"""
+
+
+def test_classic_c3_connections_are_the_papers_table():
+    model = create_model("lenet5_classic")
+    expected = torch.tensor([[c == "X" for c in row] for row in PAPER_TABLE_I.split()])  # (S2 map, C3 map)
+    assert torch.equal(model.c3.connections().t(), expected)
+    assert model.c3.connections().sum().item() == 60
+
+
+def test_classic_layer_parameter_counts_match_the_paper():
+    model = create_model("lenet5_classic")
+    per_layer = {n: sum(p.numel() for p in m.parameters()) for n, m in model.named_children()}
+    assert per_layer == {"act": 0, "c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48_120, "f6": 10_164, "output": 0}
+    assert sum(per_layer.values()) == 60_000
+
+
+def test_classic_shapes_follow_the_paper():
+    model = create_model("lenet5_classic")
+    x = torch.randn(2, 1, 32, 32)
+    c1 = model.act(model.c1(x))
+    s2 = model.s2(c1)
+    c3 = model.act(model.c3(s2))
+    s4 = model.s4(c3)
+    c5 = model.act(model.c5(s4))
+    assert [t.shape[1:] for t in (c1, s2, c3, s4, c5)] == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (120, 1, 1)]
+    assert model.f6.out_features == 84
+
+
+def test_classic_squashing_function():
+    act = create_model("lenet5_classic").act
+    values = act(torch.tensor([-1.0, 0.0, 1.0, 100.0]))
+    assert torch.allclose(values, torch.tensor([-1.0, 0.0, 1.0, 1.7159]), atol=1e-4)
+
+
+def test_classic_rbf_centres_are_fixed_digit_bitmaps_and_outputs_are_distances():
+    model = create_model("lenet5_classic")
+    centres = model.output.centres
+    assert centres.shape == (10, 84) and set(centres.unique().tolist()) == {-1.0, 1.0}
+    assert "output.centres" in dict(model.named_buffers()) and "output.centres" not in dict(model.named_parameters())
+    assert len({tuple(c.tolist()) for c in centres}) == 10  # ten distinct bitmaps
+    x = torch.randn(3, 84)
+    expected = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+    assert torch.allclose(model.output(x), expected, atol=1e-4)
+    torch.optim.SGD(model.parameters(), lr=1.0)  # the centres are not among the optimised tensors
+    assert torch.equal(model.output(centres)[torch.arange(10), torch.arange(10)], torch.zeros(10))
+
+
+def test_classic_loss_is_the_papers_eq_9():
+    model = create_model("lenet5_classic")
+    penalties = torch.tensor([[3.0, 0.5, 40.0, 7.0, 9.0, 12.0, 30.0, 25.0, 2.0, 60.0]])
+    target = torch.tensor([1])
+    j = model.rubbish_penalty
+    eq9 = penalties[0, 1] + torch.log(torch.exp(torch.tensor(-j)) + torch.exp(-penalties).sum())
+    assert model.loss(-penalties, target).item() == pytest.approx(model.loss_scale * eq9.item(), rel=1e-6)

@@ -1,0 +1,282 @@
+"""Turn a sweep into a verdict: a table per variant, paired tests over seeds, and a plot.
+
+    python -m lenet.compare multirun/2026-11-28/14-10-55
+
+Jobs are grouped by the overrides that differ between them, except ``seed``; each group is a
+variant. Writes ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into the sweep dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lenet.sweep import override_key, sweep_jobs
+from lenet.tracking import read_metrics, read_summary
+
+SEED_KEY = "seed"
+ALPHA = 0.05  # significance level of the paired tests
+
+
+@dataclass
+class Job:
+    """One job of the sweep as its files describe it."""
+
+    path: Path
+    overrides: dict[str, str]
+    summary: Optional[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"] if self.summary else "no summary.json"
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def seed(self) -> Optional[str]:
+        return self.overrides.get(SEED_KEY) or (str(self.summary["seed"]) if self.summary and "seed" in self.summary else None)
+
+
+@dataclass
+class Variant:
+    """The jobs of a sweep that differ only in their seed."""
+
+    label: str
+    settings: dict[str, str]
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[Job]:
+        return [j for j in self.jobs if j.completed]
+
+    @property
+    def not_done(self) -> list[Job]:
+        return [j for j in self.jobs if not j.completed]
+
+    def values(self, key: str) -> list[float]:
+        return [j.summary[key] for j in self.done if j.summary.get(key) is not None]
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job under ``sweep_dir`` with its overrides, summary and per-epoch metrics."""
+    jobs = []
+    for path in sweep_jobs(sweep_dir):
+        overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+        parsed = {override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in overrides}
+        jobs.append(Job(path, parsed, read_summary(path), read_metrics(path)))
+    return jobs
+
+
+def group_variants(jobs: list[Job]) -> list[Variant]:
+    """Group jobs by the overrides that differ between them, leaving out the seed."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    varied = [k for k in keys if k != SEED_KEY and len({job.overrides.get(k) for job in jobs}) > 1]
+    variants: dict[tuple, Variant] = {}
+    for job in jobs:
+        settings = {k: job.overrides.get(k, "(default)") for k in varied}
+        label = ",".join(f"{k}={v}" for k, v in settings.items()) or "all jobs"
+        variants.setdefault(tuple(settings.items()), Variant(label, settings)).jobs.append(job)
+    return list(variants.values())
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN where undefined)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean; NaN with fewer than two values."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    from scipy import stats
+
+    mean, std = mean_std(values)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+@dataclass
+class PairedTest:
+    """Final test accuracy of two variants compared seed by seed."""
+
+    a: str
+    b: str
+    seeds: list[str]
+    mean_difference: float  # b - a, as a fraction
+    ci_low: float
+    ci_high: float
+    t: float
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p < ALPHA
+
+    def sentence(self) -> str:
+        diff = f"{100 * self.mean_difference:+.2f} pp"
+        if len(self.seeds) < 2:
+            return f"{self.b} vs {self.a}: {diff} on 1 shared seed; a paired test needs at least 2."
+        if math.isnan(self.p):
+            return f"{self.b} vs {self.a}: {diff}, identical on all {len(self.seeds)} shared seeds; nothing to test."
+        verdict = (
+            f"significant at the {ALPHA:.0%} level" if self.significant else f"not significant at the {ALPHA:.0%} level"
+        )
+        return (
+            f"{self.b} vs {self.a}: {diff} (95% CI {100 * self.ci_low:+.2f} to {100 * self.ci_high:+.2f} pp) over "
+            f"{len(self.seeds)} shared seeds; paired t-test t = {self.t:.2f}, p = {self.p:.3g}: {verdict}."
+        )
+
+
+def paired_test(a: Variant, b: Variant) -> Optional[PairedTest]:
+    """Paired t-test of final test accuracy over the seeds both variants completed; None if none shared."""
+    from scipy import stats
+
+    acc_a = {j.seed: j.summary["final_test_acc"] for j in a.done}
+    acc_b = {j.seed: j.summary["final_test_acc"] for j in b.done}
+    seeds = sorted(set(acc_a) & set(acc_b) - {None}, key=lambda s: (len(s), s))
+    if not seeds:
+        return None
+    diffs = [acc_b[s] - acc_a[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    low, high = confidence_interval(diffs)
+    t = p = math.nan
+    if len(seeds) > 1 and statistics.stdev(diffs) > 0:
+        t, p = (float(v) for v in stats.ttest_rel([acc_b[s] for s in seeds], [acc_a[s] for s in seeds]))
+    elif len(seeds) > 1 and mean != 0:  # the same nonzero difference on every seed
+        t, p, low, high = math.copysign(math.inf, mean), 0.0, mean, mean
+    return PairedTest(a.label, b.label, seeds, mean, low, high, t, p)
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.{digits}f}"
+
+
+def summarise(variant: Variant) -> dict[str, Any]:
+    """One row of the comparison: the variant's settings and statistics."""
+    final, best = variant.values("final_test_acc"), variant.values("best_test_acc")
+    final_mean, final_std = mean_std(final)
+    best_mean, best_std = mean_std(best)
+    low, high = confidence_interval(final)
+    epoch_seconds = mean_std(variant.values("seconds_per_epoch"))[0]
+    params = variant.values("num_params")
+    return {
+        "variant": variant.label, **variant.settings, "n": len(variant.done), "n_failed": len(variant.not_done),
+        "final_test_acc_mean": final_mean, "final_test_acc_std": final_std, "final_test_acc_ci95_low": low,
+        "final_test_acc_ci95_high": high, "best_test_acc_mean": best_mean, "best_test_acc_std": best_std,
+        "epoch_seconds": epoch_seconds, "num_params": int(params[0]) if params else None,
+    }  # fmt: skip
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table, accuracies in percent."""
+    header = "| variant | n | failed | final test acc % (mean ± std) | 95% CI | best test acc % | epoch s | params |"
+    lines = [header, "|---|---:|---:|---|---|---|---:|---:|"]
+    for r in rows:
+        low, high = r["final_test_acc_ci95_low"], r["final_test_acc_ci95_high"]
+        ci = "n/a" if math.isnan(low) else f"{_pct(low)}–{_pct(high)}"
+        seconds = "n/a" if math.isnan(r["epoch_seconds"]) else f"{r['epoch_seconds']:.2f}"
+        params = "n/a" if r["num_params"] is None else str(r["num_params"])
+        lines.append(
+            f"| {r['variant']} | {r['n']} | {r['n_failed']} "
+            f"| {_pct(r['final_test_acc_mean'])} ± {_pct(r['final_test_acc_std'])} | {ci} "
+            f"| {_pct(r['best_test_acc_mean'])} ± {_pct(r['best_test_acc_std'])} | {seconds} | {params} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(variants: list[Variant], path: Path) -> None:
+    """Test accuracy per epoch: the mean over seeds as a line, ± one std as a band, per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant in variants:
+        curves = [[row["test_acc"] for row in j.metrics] for j in variant.done if j.metrics]
+        if not curves:
+            continue
+        epochs = min(len(c) for c in curves)
+        per_epoch = [[100 * c[e] for c in curves] for e in range(epochs)]
+        mean = [statistics.fmean(v) for v in per_epoch]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+        xs = list(range(1, epochs + 1))
+        line = ax.plot(xs, mean, marker="o", markersize=3, label=f"{variant.label} (n={len(curves)})")[0]
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("test accuracy per epoch: mean over seeds ± 1 std")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(sweep_dir: Path, out_dir: Optional[Path] = None) -> str:
+    """Write comparison.md/.csv/.png for the sweep in ``sweep_dir``; return the Markdown report."""
+    out_dir = out_dir or sweep_dir
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise SystemExit(f"error: no jobs under {sweep_dir} (looked for */.hydra/overrides.yaml); pass a multirun dir")
+    variants = group_variants(jobs)
+    rows = [summarise(v) for v in variants]
+    tests = [t for a, b in combinations(variants, 2) if (t := paired_test(a, b)) is not None]
+
+    lines = [f"# Comparison of {sweep_dir}", "", f"{len(jobs)} jobs, {len(variants)} variants.", "", markdown_table(rows), ""]
+    if tests:
+        lines += ["## Paired tests of final test accuracy over seeds", ""]
+        lines += [f"- {t.sentence()}" for t in tests]
+        if len(tests) > 1:
+            lines.append(f"- {len(tests)} comparisons: with a Bonferroni correction a p below {ALPHA / len(tests):.3g} is needed.")
+        lines.append("")
+    failed = [j for v in variants for j in v.not_done]
+    if failed:
+        lines += ["## Jobs that did not complete", ""]
+        for job in failed:
+            error = (job.summary or {}).get("error") or "the job ended without recording a result"
+            settings = ",".join(f"{k}={v}" for k, v in job.overrides.items())
+            lines.append(f"- `{job.path.relative_to(sweep_dir)}` ({settings}): **{job.status}**: {error}")
+        lines.append("")
+    report = "\n".join(lines)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.md").write_text(report)
+    with open(out_dir / "comparison.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(variants, out_dir / "comparison.png")
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Command line: ``python -m lenet.compare SWEEP_DIR [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m lenet.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. multirun/2026-11-28/14-10-55")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        raise SystemExit(f"error: {args.sweep_dir} is not a directory")
+    print(compare(args.sweep_dir, args.out))
+    print(f"\nwrote comparison.md, comparison.csv and comparison.png to {args.out or args.sweep_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Interruptions, resumption, divergence and reproducibility."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch import nn
+
+import lenet.models as models
+from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from lenet.config import register_configs, to_typed
+from lenet.errors import ConfigError, DivergedError
+from lenet.runner import JobInfo, run_job
+
+from conftest import REPO, read_json, read_jsonl, run_train
+
+SYNTHETIC = ["logger=none", "data=synthetic", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
+
+
+def compose_config(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[*SYNTHETIC, *overrides])
+    return to_typed(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def run_in_process(tmp_path, name, *overrides):
+    cfg, record = compose_config(*overrides)
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    return run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record), run_dir
+
+
+def without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_same_seed_gives_bit_identical_results_on_cpu(tmp_path):
+    a, dir_a = run_in_process(tmp_path, "a", "data.train_size=512", "trainer.epochs=2")
+    b, dir_b = run_in_process(tmp_path, "b", "data.train_size=512", "trainer.epochs=2")
+    assert without_time(read_jsonl(dir_a / "metrics.jsonl")) == without_time(read_jsonl(dir_b / "metrics.jsonl"))
+    wa, wb = torch.load(dir_a / "lenet_synthetic.pth"), torch.load(dir_b / "lenet_synthetic.pth")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c, _ = run_in_process(tmp_path, "c", "data.train_size=512", "trainer.epochs=2", "seed=1")
+    assert c["final_train_loss"] != a["final_train_loss"]
+
+
+def test_sigterm_stops_keeps_the_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path):
+    args = [*SYNTHETIC, "data.train_size=6000", "trainer.epochs=4"]
+    full = run_train(*args, "hydra.run.dir=full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+
+    env_args = [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"]
+    proc = subprocess.Popen(env_args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "part" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # during epoch 2
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by SIGTERM" in stderr and "trainer.resume=true" in stderr and "Traceback" not in stderr
+    summary = read_json(tmp_path / "part" / "summary.json")
+    assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 4
+    checkpoint = load_checkpoint(tmp_path / "part" / CHECKPOINT_FILE)
+    assert len(checkpoint["history"]) == summary["epochs_completed"] == len(read_jsonl(metrics))
+
+    resumed = run_train(*args, "hydra.run.dir=part", "trainer.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_jsonl(metrics)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # no duplicated or missing epochs
+    assert without_time(rows) == without_time(read_jsonl(tmp_path / "full" / "metrics.jsonl"))
+    w_full = torch.load(tmp_path / "full" / "lenet_synthetic.pth")
+    w_part = torch.load(tmp_path / "part" / "lenet_synthetic.pth")
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+    summary = read_json(tmp_path / "part" / "summary.json")
+    assert summary["status"] == "completed" and summary["resumed_from_epoch"] == checkpoint["history"][-1]["epoch"]
+
+
+def test_resume_refuses_a_checkpoint_made_with_another_config(tmp_path):
+    _, run_dir = run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=1")
+    cfg, record = compose_config("data.train_size=256", "trainer.epochs=1", "trainer.resume=true", "optimizer.lr=0.01")
+    with pytest.raises(ConfigError, match="different values of optimizer.lr"):
+        run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record)
+
+
+def test_resume_without_a_checkpoint_starts_from_epoch_one(tmp_path):
+    summary, _ = run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=1", "trainer.resume=true")
+    assert summary["status"] == "completed" and summary["resumed_from_epoch"] is None and summary["epochs_completed"] == 1
+
+
+class NaNAfter(nn.Module):
+    """A tiny model whose outputs turn NaN after a number of forward passes."""
+
+    def __init__(self, good_steps: int):
+        super().__init__()
+        self.linear = nn.Linear(32 * 32, 10)
+        self.good_steps = good_steps
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.linear(x.flatten(1))
+        return out * float("nan") if self.calls > self.good_steps else out
+
+    def loss(self, scores, targets, reduction="mean"):
+        return nn.functional.cross_entropy(scores, targets, reduction=reduction)
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    def nan_model_for_test(pooling="max"):
+        return NaNAfter(good_steps=4)  # 256 images / 64 per batch: epoch 1 is good, epoch 2 is not
+
+    monkeypatch.setitem(models._MODELS, "nan_model_for_test", nan_model_for_test)
+    with pytest.raises(DivergedError, match=r"loss became nan in epoch 2; the checkpoint of epoch 1 is kept"):
+        run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=3", "model.name=nan_model_for_test")
+    run_dir = tmp_path / "run"
+    assert len(load_checkpoint(run_dir / CHECKPOINT_FILE)["history"]) == 1
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1]
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "failed" and "loss became nan" in summary["error"]
+
+
+def test_divergence_from_the_command_line_is_one_clear_line(tmp_path):
+    result = run_train(*SYNTHETIC, "data.train_size=256", "trainer.epochs=1", "optimizer.lr=1e6", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: the loss became nan in epoch 1; no checkpoint was written; lower optimizer.lr" in result.stderr

@@ -49,6 +49,7 @@ class JobInfo:
     sweep_dir: Optional[Path] = None
     label: str = ""  # what sets this job apart in its sweep, e.g. pooling=avg,seed=1
     parallel_jobs: int = 1  # jobs of the sweep running at once on this machine
+    requeueable: bool = False  # run by submitit, which may run it again after a time-out or pre-emption
 
     @classmethod
     def from_hydra(cls) -> "JobInfo":
@@ -69,6 +70,7 @@ class JobInfo:
             sweep_dir=Path(hc.sweep.dir).resolve() if multirun else None,
             label=job_label(list(hc.overrides.task), read_swept_keys(Path(hc.sweep.dir)) if multirun else None),
             parallel_jobs=max(1, parallel),
+            requeueable="SUBMITIT_EXECUTOR" in os.environ,
         )
 
     @property
@@ -132,6 +134,18 @@ def _resolve_path(path: str, cwd: Path) -> Path:
     return p if p.is_absolute() else cwd / p
 
 
+def seconds_since_process_start() -> Optional[float]:
+    """Wall time since this process started (Linux; None elsewhere), interpreter start-up included."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -149,8 +163,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
         "model": cfg.model.name, "pooling": cfg.model.pooling, "optimizer": cfg.optimizer.name,
-        "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
-        "weights": None, "resumed_from_epoch": None, "started_at": _now(), "finished_at": None,
+        "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None, "num_threads": None,
+        "weights": None, "resumed_from_epoch": None, "startup_seconds": None, "started_at": _now(), "finished_at": None,
         "torch_version": torch.__version__,
     }  # fmt: skip
     tracker = Tracker(run_dir)
@@ -162,6 +176,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             device = resolve_device(cfg.device.name)
             summary["device"] = str(device)
             torch.set_num_threads(cfg.device.num_threads or default_num_threads(job.parallel_jobs))
+            summary["num_threads"] = torch.get_num_threads()
             if cfg.logger.backend == "wandb":
                 tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.label or None)
 
@@ -179,7 +194,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             generator = torch.Generator().manual_seed(cfg.seed)
 
             checkpoint_path = run_dir / CHECKPOINT_FILE
-            checkpoint = load_checkpoint(checkpoint_path) if cfg.trainer.resume else None
+            # a job that submitit requeued after a time-out or pre-emption continues where it stopped
+            resume = cfg.trainer.resume or job.requeueable
+            checkpoint = load_checkpoint(checkpoint_path) if resume else None
             if checkpoint is not None:
                 changed = changed_keys(checkpoint["config"], config_record, RESUME_IGNORES)
                 if changed:
@@ -203,6 +220,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
 
             bf16 = cfg.trainer.precision == Precision.bf16
             progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
+            summary["startup_seconds"] = seconds_since_process_start()  # to the first training step
             for epoch in range(len(history) + 1, cfg.trainer.epochs + 1):
                 if stop():
                     raise Interrupted(stop())

@@ -1,0 +1,95 @@
+"""The same sweeps through Hydra's launcher and sweeper plugins (the `launchers` extra)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from lenet.compare import compare
+
+from conftest import REPO, read_json, read_jsonl, run_train
+
+SYNTHETIC = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
+             "device=cpu", "trainer.epochs=1"]  # fmt: skip
+
+
+def job_summaries(sweep):
+    return [read_json(sweep / str(n) / "summary.json") for n in range(len(list(sweep.glob("*/summary.json"))))]
+
+
+def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "pooling=avg,max", *SYNTHETIC,
+                       "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summaries = job_summaries(tmp_path / "sweep")
+    assert [s["pooling"] for s in summaries] == ["avg", "max"] and all(s["status"] == "completed" for s in summaries)
+    cores = len(os.sched_getaffinity(0))
+    assert all(s["num_threads"] == max(1, cores // min(2, cores)) for s in summaries)  # no oversubscription
+    assert "Joblib.Parallel" in result.stdout + result.stderr
+
+
+def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = run_train("-m", "hydra/launcher=submitit_local", "pooling=avg,max", *SYNTHETIC, "hydra.sweep.dir=sweep",
+                       cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summaries = job_summaries(tmp_path / "sweep")
+    assert [s["pooling"] for s in summaries] == ["avg", "max"] and all(s["status"] == "completed" for s in summaries)
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitit's own job folders
+    report = compare(tmp_path / "sweep")
+    assert "| pooling=avg | 1 | 0 |" in report and "| pooling=max | 1 | 0 |" in report
+
+
+def test_slurm_preset_composes_with_its_defaults(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {"SLURM_PARTITION": "gpu", "SLURM_ACCOUNT": "lab"}
+    result = run_train("hydra/launcher=slurm", "--cfg", "hydra", "--resolve", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["partition"], launcher["account"], launcher["gpus_per_node"]) == ("gpu", "lab", 1)
+    assert launcher["timeout_min"] == 60 and launcher["max_num_timeout"] == 3 and launcher["signal_delay_s"] == 120
+
+
+def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
+    args = [sys.executable, str(REPO / "train.py"), *SYNTHETIC[:-1], "data.train_size=3000", "trainer.epochs=3",
+            "hydra.run.dir=job"]  # fmt: skip
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "WANDB_MODE": "offline"}  # as submitit runs a job
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "job" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # pre-empted without warning
+    proc.wait(timeout=60)
+    done_before = len(read_jsonl(metrics))
+    assert 1 <= done_before < 3
+    requeued = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert requeued.returncode == 0, requeued.stderr
+    summary = read_json(tmp_path / "job" / "summary.json")
+    assert summary["status"] == "completed" and summary["resumed_from_epoch"] == done_before
+    assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3]
+
+
+def test_optuna_search_finds_the_best_trial(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    fixed = [a for a in SYNTHETIC if not a.startswith("trainer.batch_size")]  # the search chooses it
+    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *fixed, "hydra.sweep.dir=sweep",
+                       cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "sweep"
+    summaries = job_summaries(sweep)
+    assert len(summaries) == 3 and all(s["status"] == "completed" for s in summaries)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == max(s["final_test_acc"] for s in summaries)
+    best = next(s for s in summaries if s["final_test_acc"] == results["best_value"])
+    overrides = dict(o.split("=", 1) for o in best["overrides"] if o.split("=", 1)[0] in results["best_params"])
+    assert {k: float(v) for k, v in overrides.items()} == pytest.approx({k: float(v) for k, v in results["best_params"].items()})
+    assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "trainer.batch_size"}
+    report = compare(sweep)
+    assert report.count("| optimizer.lr=") == 3  # every trial is its own variant

@@ -19,7 +19,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -99,28 +98,27 @@ def reference_run(root: Path, epochs: int, batch_size: int, device: torch.device
 
 
 class PeakMemory:
-    """Peak memory while the block runs: CUDA allocator peak on a GPU, else the process's peak RSS."""
+    """Peak memory while the block runs: the CUDA allocator's peak on a GPU, else the process's peak RSS.
+
+    On Linux the kernel's peak-RSS counter is reset when the block starts (``/proc/self/clear_refs``).
+    """
 
     def __init__(self, device: torch.device):
-        self.device, self.peak_bytes, self._stop = device, 0, threading.Event()
+        self.device, self.peak_bytes = device, 0
 
     @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak_bytes = max(self.peak_bytes, self._rss())
+    def _peak_rss() -> int:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
-            self.peak_bytes = self._rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -128,9 +126,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak_bytes = torch.cuda.max_memory_allocated()
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, self._rss())
+            self.peak_bytes = self._peak_rss()
 
 
 def _timed(device: torch.device, fn: Callable[[], int]) -> tuple[float, int, int]:
@@ -164,7 +160,7 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
     train, _ = load_dataset("mnist", root, False, "resize", MNIST_MEAN, MNIST_STD, device)
     setup_seconds = time.perf_counter() - setup_start
     torch.manual_seed(0)
-    model = create_model("lenet5").to(device)
+    model = create_model("lenet5").to(device, memory_format=torch.channels_last)  # as train.py builds it
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     chunk = steps * batch_size
@@ -190,6 +186,10 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
             "peak_memory_mb": max(peak for _, _, peak in runs) / 2**20,
         }
     report["harness"]["preload_seconds"] = setup_seconds
+    # what each keeps resident for the data: uint8 images (usual) vs preprocessed float32 (harness)
+    usual_data = loader.dataset.data.nbytes + loader.dataset.targets.nbytes
+    report["usual"]["data_memory_mb"] = usual_data / 2**20
+    report["harness"]["data_memory_mb"] = (train.images.nbytes + train.labels.nbytes) / 2**20
     report["speedup"] = report["harness"]["images_per_second"] / report["usual"]["images_per_second"]
     report["setup"] = {"device": str(device), "batch_size": batch_size, "steps": steps, "rounds": rounds,
                        "workers": workers, **machine()}  # fmt: skip
@@ -205,7 +205,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device: str, workers: int) -> dict[str, Any]:
+def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device: str, workers: int,
+                  logger: str = "none") -> dict[str, Any]:  # fmt: skip
     """Wall time of whole processes: ``train.py`` (seed path settings) vs the usual script, alternating."""
     import tempfile
 
@@ -220,7 +221,7 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
             run_dir = Path(tmp) / f"run{r}"
             harness_cmd = [sys.executable, str(REPO / "train.py"), f"data.root={root}", f"trainer.epochs={epochs}",
                            f"trainer.batch_size={batch_size}", "optimizer=adam", "scheduler=none", "data.resize=resize",
-                           "logger=none", f"device={device}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+                           f"logger={logger}", f"device={device}", f"hydra.run.dir={run_dir}"]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(harness_cmd, capture_output=True, text=True, check=True, cwd=REPO)
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -235,7 +236,8 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
         }
     report["harness"]["startup_seconds_each_round"] = [r["startup_seconds"] for r in results["harness"]]
     report["speedup"] = report["usual"]["seconds"] / report["harness"]["seconds"]
-    report["setup"] = {"epochs": epochs, "batch_size": batch_size, "rounds": rounds, "device": device, **machine()}
+    report["setup"] = {"epochs": epochs, "batch_size": batch_size, "rounds": rounds, "device": device,
+                       "logger": logger, **machine()}  # fmt: skip
     return report
 
 
@@ -244,13 +246,15 @@ def _print_steps(report: dict[str, Any]) -> None:
     print(f"{s['device']}, batch {s['batch_size']}, {s['steps']} steps x {s['rounds']} rounds, {s['cpu_cores']} cores, torch {s['torch']}")
     for name in ("usual", "harness"):
         r = report[name]
-        print(f"  {name:8s} {r['images_per_second']:9.0f} images/s   peak memory {r['peak_memory_mb']:7.0f} MB")
+        print(f"  {name:8s} {r['images_per_second']:9.0f} images/s   peak memory {r['peak_memory_mb']:6.0f} MB"
+              f"   training set held as {r['data_memory_mb']:5.0f} MB")
     print(f"  speed-up {report['speedup']:.2f}x (harness / usual, median of rounds)")
 
 
 def _print_process(report: dict[str, Any]) -> None:
     s = report["setup"]
-    print(f"whole process, {s['epochs']} epochs, batch {s['batch_size']}, {s['rounds']} rounds, {s['cpu_cores']} cores")
+    print(f"whole process, {s['epochs']} epochs, batch {s['batch_size']}, {s['rounds']} rounds, {s['cpu_cores']} cores, "
+          f"train.py with logger={s['logger']}")
     for name in ("usual", "harness"):
         r = report[name]
         accs = ", ".join(f"{100 * a:.2f}%" for a in r["final_test_acc_each_round"])
@@ -272,6 +276,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs (process and reference modes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the usual pipeline")
+    parser.add_argument("--logger", default="none", choices=["none", "wandb"], help="train.py's logger (process mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -283,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.mode == "steps":
         report = bench_steps(root, device, args.batch_size, args.steps, args.rounds, args.workers)
     else:
-        report = bench_process(root, args.epochs, args.batch_size, args.rounds, args.device, args.workers)
+        report = bench_process(root, args.epochs, args.batch_size, args.rounds, args.device, args.workers, args.logger)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -221,7 +221,7 @@ class LeNet5Classic(nn.Module):
     """LeNet-5 as LeCun et al. (1998) describe it: scaled tanh, trainable subsampling, the partial
     C3 table, and Euclidean RBF outputs with fixed digit-bitmap centres trained by the paper's loss."""
 
-    def __init__(self, pooling: str = "subsample", rubbish_penalty: float = 20.0, loss_scale: float = 0.1):
+    def __init__(self, pooling: str = "subsample", rubbish_penalty: float = 5.0, loss_scale: float = 0.1):
         super().__init__()
         self.act = ScaledTanh()
         self.c1 = nn.Conv2d(1, 6, 5)

@@ -130,8 +130,6 @@ class PairedTest:
 
     def sentence(self) -> str:
         diff = f"{100 * self.mean_difference:+.2f} pp"
-        if len(self.seeds) < 2:
-            return f"{self.b} vs {self.a}: {diff} on 1 shared seed; a paired test needs at least 2."
         if math.isnan(self.p):
             return f"{self.b} vs {self.a}: {diff}, identical on all {len(self.seeds)} shared seeds; nothing to test."
         verdict = (
@@ -237,7 +235,8 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None) -> str:
         raise SystemExit(f"error: no jobs under {sweep_dir} (looked for */.hydra/overrides.yaml); pass a multirun dir")
     variants = group_variants(jobs)
     rows = [summarise(v) for v in variants]
-    tests = [t for a, b in combinations(variants, 2) if (t := paired_test(a, b)) is not None]
+    # only pairs run on at least two shared seeds can be tested (an Optuna search shares none)
+    tests = [t for a, b in combinations(variants, 2) if (t := paired_test(a, b)) is not None and len(t.seeds) > 1]
 
     lines = [f"# Comparison of {sweep_dir}", "", f"{len(jobs)} jobs, {len(variants)} variants.", "", markdown_table(rows), ""]
     if tests:

@@ -21,8 +21,23 @@ def test_steps_mode_reports_both_pipelines_and_their_ratio(tmp_path):
         assert report[name]["peak_memory_mb"] > 0
     assert report["speedup"] == report["harness"]["images_per_second"] / report["usual"]["images_per_second"]
     assert report["setup"]["batch_size"] == 32 and report["setup"]["steps"] == 3 and report["setup"]["device"] == "cpu"
-    text = bench("--root", str(tmp_path), "--steps", "2", "--rounds", "1", "--batch-size", "32", cwd=REPO)
-    assert "images/s" in text and "speed-up" in text
+
+
+
+def test_reports_print_as_tables(capsys):
+    from lenet.bench import _print_process, _print_steps
+
+    setup = {"device": "cpu", "batch_size": 64, "steps": 10, "rounds": 1, "cpu_cores": 2, "torch": "x", "epochs": 2, "logger": "none"}
+    _print_steps({"usual": {"images_per_second": 1000.0, "peak_memory_mb": 10.0, "data_memory_mb": 1.0},
+                  "harness": {"images_per_second": 3500.0, "peak_memory_mb": 20.0, "data_memory_mb": 2.0},
+                  "speedup": 3.5, "setup": setup})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1000 images/s" in out and "3500 images/s" in out and "speed-up 3.50x" in out
+    _print_process({"usual": {"seconds": 30.0, "final_test_acc_each_round": [0.98]},
+                    "harness": {"seconds": 10.0, "final_test_acc_each_round": [0.981], "startup_seconds_each_round": [2.5]},
+                    "speedup": 3.0, "setup": setup})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "30.0 s" in out and "98.10%" in out and "start-up to the first training step: 2.50 s" in out and "3.00x" in out
 
 
 def test_process_mode_times_train_py_against_the_usual_script(tmp_path):

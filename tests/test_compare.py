@@ -1,6 +1,7 @@
 """The sweep report, checked against the summaries of real short runs."""
 
 import csv
+from pathlib import Path
 import math
 import statistics
 import subprocess
@@ -82,3 +83,23 @@ def test_failed_jobs_are_shown_with_their_error(tmp_path):
 def test_a_dir_without_jobs_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no jobs under"):
         compare(tmp_path)
+
+
+def fake_variant(label, accs):
+    from lenet.compare import Job, Variant
+
+    jobs = [Job(Path(f"/x/{label}/{seed}"), {"seed": str(seed)}, {"status": "completed", "final_test_acc": a, "seed": seed}, [])
+            for seed, a in enumerate(accs)]  # fmt: skip
+    return Variant(label, {}, jobs)
+
+
+def test_paired_test_edge_cases():
+    from lenet.compare import paired_test
+
+    same = paired_test(fake_variant("a", [0.9, 0.8, 0.7]), fake_variant("b", [0.9, 0.8, 0.7]))
+    assert "identical on all 3 shared seeds" in same.sentence() and not same.significant
+    shifted = paired_test(fake_variant("a", [0.9, 0.8, 0.7]), fake_variant("b", [0.91, 0.81, 0.71]))
+    assert shifted.mean_difference == pytest.approx(0.01) and shifted.significant
+    noisy = paired_test(fake_variant("a", [0.90, 0.80, 0.70]), fake_variant("b", [0.91, 0.79, 0.705]))
+    assert not noisy.significant and "not significant at the 5% level" in noisy.sentence()
+    assert paired_test(fake_variant("a", [0.9]), fake_variant("b", [])) is None

@@ -57,7 +57,7 @@ def test_slurm_preset_composes_with_its_defaults(tmp_path):
 
 
 def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
-    args = [sys.executable, str(REPO / "train.py"), *SYNTHETIC[:-1], "data.train_size=3000", "trainer.epochs=3",
+    args = [sys.executable, str(REPO / "train.py"), *SYNTHETIC[:-1], "data.train_size=2000", "trainer.epochs=3",
             "hydra.run.dir=job"]  # fmt: skip
     env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "WANDB_MODE": "offline"}  # as submitit runs a job
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

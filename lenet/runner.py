@@ -146,6 +146,15 @@ def seconds_since_process_start() -> Optional[float]:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+_jobs_started = 0
+
+
+def _first_job_of_process() -> bool:
+    global _jobs_started
+    _jobs_started += 1
+    return _jobs_started == 1
+
+
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -157,6 +166,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
     the exception is then raised again for the caller to report.
     """
     started = time.perf_counter()
+    first_in_process = _first_job_of_process()
     run_dir = job.run_dir
     summary: dict[str, Any] = {
         "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
@@ -164,8 +174,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
         "model": cfg.model.name, "pooling": cfg.model.pooling, "optimizer": cfg.optimizer.name,
         "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None, "num_threads": None,
-        "weights": None, "resumed_from_epoch": None, "startup_seconds": None, "started_at": _now(), "finished_at": None,
-        "torch_version": torch.__version__,
+        "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
+        "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
     tracker = Tracker(run_dir)
     exit_code = 1
@@ -222,7 +232,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
 
             bf16 = cfg.trainer.precision == Precision.bf16
             progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
-            summary["startup_seconds"] = seconds_since_process_start()  # to the first training step
+            # to the first training step: from this job's start, and from the process's start for its first job
+            summary["setup_seconds"] = time.perf_counter() - started
+            summary["startup_seconds"] = seconds_since_process_start() if first_in_process else None
             for epoch in range(len(history) + 1, cfg.trainer.epochs + 1):
                 if stop():
                     raise Interrupted(stop())

@@ -9,7 +9,7 @@ import yaml
 
 from lenet.models import create_model
 
-from conftest import read_json, read_jsonl, run_train, write_idx, write_mnist
+from conftest import read_json, read_jsonl, run_train, write_mnist
 
 FAST = ["logger=none", "data=synthetic", "data.train_size=512", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
 
@@ -103,15 +103,11 @@ def test_missing_data_without_download_names_the_folder(tmp_path):
     assert summary["status"] == "failed" and "not found" in summary["error"]
 
 
-def test_corrupt_and_mismatched_idx_files_name_the_file(tmp_path):
+def test_a_truncated_idx_file_is_named(tmp_path):
     raw = write_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=40, n_test=20)
     (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:-50])
-    result = run_train("data.download=false", "hydra.run.dir=out1", cwd=tmp_path)
-    assert_one_line_error(result, "t10k-images-idx3-ubyte is truncated or corrupt")
-    write_mnist(raw, n_train=40, n_test=20)
-    write_idx(raw / "train-labels-idx1-ubyte", torch.zeros(39, dtype=torch.uint8).numpy())
-    result = run_train("data.download=false", "hydra.run.dir=out2", cwd=tmp_path)
-    assert_one_line_error(result, "holds 40 images but", "holds 39 labels")
+    result = run_train("logger=none", "data.download=false", cwd=tmp_path)
+    assert_one_line_error(result, "error:", "t10k-images-idx3-ubyte is truncated or corrupt")  # mismatches: test_data
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

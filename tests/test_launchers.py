@@ -12,6 +12,7 @@ import yaml
 from lenet.compare import compare
 
 from conftest import REPO, read_json, read_jsonl, run_train
+from wandb_records import OfflineRun
 
 SYNTHETIC = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
              "device=cpu", "trainer.epochs=1"]  # fmt: skip
@@ -24,8 +25,11 @@ def job_summaries(sweep):
 def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "pooling=avg,max", *SYNTHETIC,
-                       "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+                       "logger=wandb", "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    runs = [OfflineRun(tmp_path / "sweep" / str(n)) for n in range(2)]  # W&B from worker processes
+    assert [r.run.display_name for r in runs] == ["pooling=avg", "pooling=max"]
+    assert {r.run.run_group for r in runs} == {"sweep"} and [r.exit_code for r in runs] == [0, 0]
     summaries = job_summaries(tmp_path / "sweep")
     assert [s["pooling"] for s in summaries] == ["avg", "max"] and all(s["status"] == "completed" for s in summaries)
     cores = len(os.sched_getaffinity(0))

@@ -52,8 +52,7 @@ def test_same_seed_gives_bit_identical_results_on_cpu(tmp_path):
 
 def test_sigterm_stops_keeps_the_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path):
     args = [*SYNTHETIC, "data.train_size=3000", "trainer.epochs=3"]
-    full = run_train(*args, "hydra.run.dir=full", cwd=tmp_path)
-    assert full.returncode == 0, full.stderr
+    run_in_process(tmp_path, "full", *args[len(SYNTHETIC) :])  # the uninterrupted reference
 
     env_args = [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"]
     proc = subprocess.Popen(env_args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -124,9 +123,3 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1]
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "failed" and "loss became nan" in summary["error"]
-
-
-def test_divergence_from_the_command_line_is_one_clear_line(tmp_path):
-    result = run_train(*SYNTHETIC, "data.train_size=256", "trainer.epochs=1", "optimizer.lr=1e6", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "error: the loss became nan in epoch 1; no checkpoint was written; lower optimizer.lr" in result.stderr

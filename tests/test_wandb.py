@@ -9,7 +9,8 @@ SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "tra
 
 
 def test_offline_run_records_history_config_summary_and_weights(tmp_path):
-    result = run_train("logger=wandb", "logger.log_model=true", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)
+    result = run_train("logger=wandb", "logger.log_model=true", "logger.group=ablation", "logger.name=first",
+                       "logger.tags=[a,b]", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "run"
     wb = OfflineRun(run_dir)  # its files live inside the Hydra run dir
@@ -24,6 +25,7 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
     assert wb.summary["best_test_acc"] == summary["best_test_acc"] and wb.summary["wall_seconds"] > 0
     assert wb.exit_code == 0 and wb.run.project == "lenet"
     assert "artifact" in wb.kinds  # logger.log_model=true uploads the weights
+    assert (wb.run.run_group, wb.run.display_name, list(wb.run.tags)) == ("ablation", "first", ["a", "b"])
 
 
 def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_path):
@@ -39,16 +41,6 @@ def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_pat
     assert failed.run.display_name == "data=mnist" and completed.run.display_name == "data=synthetic"
     assert len(completed.history) == 1 and failed.history == []
     assert read_json(tmp_path / "sweep" / "0" / "summary.json")["status"] == "failed"
-
-
-def test_group_and_name_can_be_set(tmp_path):
-    result = run_train(
-        "logger=wandb", "logger.group=ablation", "logger.name=first", "logger.tags=[a,b]", *SYNTHETIC,
-        "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    wb = OfflineRun(tmp_path / "run")
-    assert (wb.run.run_group, wb.run.display_name, list(wb.run.tags)) == ("ablation", "first", ["a", "b"])
 
 
 def test_online_without_credentials_fails_fast_without_prompting(tmp_path):

@@ -107,8 +107,9 @@ def _download(root: Path, dataset: str) -> None:
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except Exception as e:  # network errors come in many types
+        reason = " ".join(str(e).split())  # torchvision's message spans lines; the error is one
         raise DataError(
-            f"downloading {dataset} into {root} failed ({type(e).__name__}: {e}); put the four IDX files "
+            f"downloading {dataset} into {root} failed ({type(e).__name__}: {reason}); put the four IDX files "
             f"in {root / TORCHVISION_FOLDERS[dataset] / 'raw'} or point data.root at a copy"
         ) from None
 

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,9 @@ def test_plot_and_command_line(pooling_sweep, tmp_path):
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "| pooling=avg | 3 |" in result.stdout
+    script = shutil.which("lenet-compare") or str(Path(sys.executable).parent / "lenet-compare")
+    console = subprocess.run([script, str(pooling_sweep), "--out", str(tmp_path / "console")], capture_output=True, text=True)
+    assert console.returncode == 0 and console.stdout == result.stdout  # the console script is the same tool
     png = (tmp_path / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -115,3 +115,17 @@ def test_real_mnist_has_the_official_split_sizes():
     assert train.images.shape == (60_000, 1, 32, 32) and test.images.shape == (10_000, 1, 32, 32)
     assert torch.bincount(test.labels).tolist()[:2] == [980, 1135]  # the official test set's class counts
     assert abs(train.images[:, :, 2:30, 2:30].mean().item()) < 0.01  # normalised with MNIST's own mean/std
+
+
+def test_a_failed_download_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n<urlopen error>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(DataError) as e:
+        locate_raw(tmp_path, "mnist", download=True)
+    message = str(e.value)
+    assert "\n" not in message and "urlopen error" in message and "point data.root at a copy" in message

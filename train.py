@@ -1,8 +1,8 @@
 """Train LeNet-5 as the composed Hydra config says.
 
-    python train.py                               # LeNet-5 on MNIST, 10 epochs
-    python train.py optimizer=adam pooling=avg    # choose options of the config groups in conf/
-    python train.py -m pooling=avg,max seed=0,1,2 # a sweep: one job per combination
+python train.py                               # LeNet-5 on MNIST, 10 epochs
+python train.py optimizer=adam pooling=avg    # choose options of the config groups in conf/
+python train.py -m pooling=avg,max seed=0,1,2 # a sweep: one job per combination
 """
 
 import hydra

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lenet.data import load_dataset
-from lenet.engine import evaluate, train_one_epoch
+from lenet.engine import train_one_epoch
 from lenet.models import create_model
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -47,12 +47,16 @@ def usual_loaders(root: Path, batch_size: int, workers: int, seed: int) -> tuple
     train = datasets.MNIST(str(root), train=True, download=False, transform=transform)
     test = datasets.MNIST(str(root), train=False, download=False, transform=transform)
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, generator=generator)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=batch_size, shuffle=True, num_workers=workers, generator=generator
+    )
     test_loader = torch.utils.data.DataLoader(test, batch_size=1000, num_workers=workers)
     return loader, test_loader
 
 
-def usual_train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, steps: int, device: torch.device) -> int:
+def usual_train_steps(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, steps: int, device: torch.device
+) -> int:
     """The usual loop body, ``steps`` times; returns the number of images seen."""
     model.train()
     seen = 0
@@ -173,9 +177,11 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
     harness_steps(0) if warmup else None
     results: dict[str, list] = {"usual": [], "harness": []}
     for r in range(rounds):
-        results["usual"].append(_timed(device, lambda: usual_train_steps(usual_model, usual_opt, usual_batches, steps, device)))
+        results["usual"].append(
+            _timed(device, lambda: usual_train_steps(usual_model, usual_opt, usual_batches, steps, device))
+        )
         offset = (r * chunk) % max(1, len(train) - chunk)
-        results["harness"].append(_timed(device, lambda: harness_steps(offset)))
+        results["harness"].append(_timed(device, lambda offset=offset: harness_steps(offset)))
 
     report: dict[str, Any] = {}
     for name, runs in results.items():
@@ -198,8 +204,13 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    info = {"cpu_cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "processor": platform.processor() or platform.machine()}  # fmt: skip
+    info = {
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -217,7 +228,12 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
                          "--batch-size", str(batch_size), "--device", device, "--workers", str(workers)]  # fmt: skip
             start = time.perf_counter()
             out = subprocess.run(usual_cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
-            results["usual"].append({"seconds": time.perf_counter() - start, "final_test_acc": json.loads(out.splitlines()[-1])["final_test_acc"]})
+            results["usual"].append(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "final_test_acc": json.loads(out.splitlines()[-1])["final_test_acc"],
+                }
+            )
             run_dir = Path(tmp) / f"run{r}"
             harness_cmd = [sys.executable, str(REPO / "train.py"), f"data.root={root}", f"trainer.epochs={epochs}",
                            f"trainer.batch_size={batch_size}", "optimizer=adam", "scheduler=none", "data.resize=resize",
@@ -225,8 +241,14 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
             start = time.perf_counter()
             subprocess.run(harness_cmd, capture_output=True, text=True, check=True, cwd=REPO)
             summary = json.loads((run_dir / "summary.json").read_text())
-            results["harness"].append({"seconds": time.perf_counter() - start, "final_test_acc": summary["final_test_acc"],
-                                       "startup_seconds": summary.get("startup_seconds")})  # fmt: skip
+            seconds = time.perf_counter() - start
+            results["harness"].append(
+                {
+                    "seconds": seconds,
+                    "final_test_acc": summary["final_test_acc"],
+                    "startup_seconds": summary.get("startup_seconds"),
+                }
+            )
     report: dict[str, Any] = {}
     for name, runs in results.items():
         report[name] = {
@@ -243,18 +265,23 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
 
 def _print_steps(report: dict[str, Any]) -> None:
     s = report["setup"]
-    print(f"{s['device']}, batch {s['batch_size']}, {s['steps']} steps x {s['rounds']} rounds, {s['cpu_cores']} cores, torch {s['torch']}")
+    print(f"{s['device']}, batch {s['batch_size']}, {s['steps']} steps x {s['rounds']} rounds, ", end="")
+    print(f"{s['cpu_cores']} cores, torch {s['torch']}")
     for name in ("usual", "harness"):
         r = report[name]
-        print(f"  {name:8s} {r['images_per_second']:9.0f} images/s   peak memory {r['peak_memory_mb']:6.0f} MB"
-              f"   training set held as {r['data_memory_mb']:5.0f} MB")
+        print(
+            f"  {name:8s} {r['images_per_second']:9.0f} images/s   peak memory {r['peak_memory_mb']:6.0f} MB"
+            f"   training set held as {r['data_memory_mb']:5.0f} MB"
+        )
     print(f"  speed-up {report['speedup']:.2f}x (harness / usual, median of rounds)")
 
 
 def _print_process(report: dict[str, Any]) -> None:
     s = report["setup"]
-    print(f"whole process, {s['epochs']} epochs, batch {s['batch_size']}, {s['rounds']} rounds, {s['cpu_cores']} cores, "
-          f"train.py with logger={s['logger']}")
+    print(
+        f"whole process, {s['epochs']} epochs, batch {s['batch_size']}, {s['rounds']} rounds, {s['cpu_cores']} cores, "
+        f"train.py with logger={s['logger']}"
+    )
     for name in ("usual", "harness"):
         r = report[name]
         accs = ", ".join(f"{100 * a:.2f}%" for a in r["final_test_acc_each_round"])

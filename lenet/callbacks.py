@@ -20,7 +20,10 @@ def _ensure_writable(folder: Path, key: str) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        print(f"error: cannot write the output dir {folder} ({e.strerror}); choose another with {key}=PATH", file=sys.stderr)
+        print(
+            f"error: cannot write the output dir {folder} ({e.strerror}); choose another with {key}=PATH",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 

@@ -46,7 +46,9 @@ class Job:
 
     @property
     def seed(self) -> Optional[str]:
-        return self.overrides.get(SEED_KEY) or (str(self.summary["seed"]) if self.summary and "seed" in self.summary else None)
+        return self.overrides.get(SEED_KEY) or (
+            str(self.summary["seed"]) if self.summary and "seed" in self.summary else None
+        )
 
 
 @dataclass
@@ -216,7 +218,13 @@ def plot(variants: list[Variant], path: Path) -> None:
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
         xs = list(range(1, epochs + 1))
         line = ax.plot(xs, mean, marker="o", markersize=3, label=f"{variant.label} (n={len(curves)})")[0]
-        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=line.get_color(), alpha=0.2)
+        ax.fill_between(
+            xs,
+            [m - s for m, s in zip(mean, std)],
+            [m + s for m, s in zip(mean, std)],
+            color=line.get_color(),
+            alpha=0.2,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("test accuracy per epoch: mean over seeds ± 1 std")
@@ -238,12 +246,22 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None) -> str:
     # only pairs run on at least two shared seeds can be tested (an Optuna search shares none)
     tests = [t for a, b in combinations(variants, 2) if (t := paired_test(a, b)) is not None and len(t.seeds) > 1]
 
-    lines = [f"# Comparison of {sweep_dir}", "", f"{len(jobs)} jobs, {len(variants)} variants.", "", markdown_table(rows), ""]
+    lines = [
+        f"# Comparison of {sweep_dir}",
+        "",
+        f"{len(jobs)} jobs, {len(variants)} variants.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
     if tests:
         lines += ["## Paired tests of final test accuracy over seeds", ""]
         lines += [f"- {t.sentence()}" for t in tests]
         if len(tests) > 1:
-            lines.append(f"- {len(tests)} comparisons: with a Bonferroni correction a p below {ALPHA / len(tests):.3g} is needed.")
+            bonferroni = ALPHA / len(tests)
+            lines.append(
+                f"- {len(tests)} comparisons: with a Bonferroni correction a p below {bonferroni:.3g} is needed."
+            )
         lines.append("")
     failed = [j for v in variants for j in v.not_done]
     if failed:

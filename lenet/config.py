@@ -182,7 +182,9 @@ def validate(cfg: Config) -> None:
     """Check the ranges a type cannot express; raise ConfigError naming the key."""
     opt, trainer = cfg.optimizer, cfg.trainer
     _require(_positive(opt.lr), "optimizer.lr", "a finite number > 0", opt.lr)
-    _require(math.isfinite(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", ">= 0", opt.weight_decay)
+    _require(
+        math.isfinite(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", ">= 0", opt.weight_decay
+    )
     if isinstance(opt, SGDConfig):
         _require(0 <= opt.momentum < 1, "optimizer.momentum", "in [0, 1)", opt.momentum)
         _require(not opt.nesterov or opt.momentum > 0, "optimizer.nesterov", "false when momentum is 0", opt.nesterov)
@@ -195,7 +197,12 @@ def validate(cfg: Config) -> None:
         _require(sched.step_epochs >= 1, "scheduler.step_epochs", ">= 1", sched.step_epochs)
         _require(0 < sched.gamma <= 1, "scheduler.gamma", "in (0, 1]", sched.gamma)
     if isinstance(sched, CosineConfig):
-        _require(0 <= sched.warmup_epochs < trainer.epochs, "scheduler.warmup_epochs", "in [0, trainer.epochs)", sched.warmup_epochs)
+        _require(
+            0 <= sched.warmup_epochs < trainer.epochs,
+            "scheduler.warmup_epochs",
+            "in [0, trainer.epochs)",
+            sched.warmup_epochs,
+        )
         _require(0 <= sched.min_lr < opt.lr, "scheduler.min_lr", "in [0, optimizer.lr)", sched.min_lr)
     if isinstance(sched, OneCycleConfig):
         _require(0 < sched.pct_start < 1, "scheduler.pct_start", "in (0, 1)", sched.pct_start)

@@ -35,7 +35,15 @@ from lenet.tracking import Tracker, start_wandb
 log = logging.getLogger(__name__)
 
 # keys that may change between a run and its resumption without changing its results
-RESUME_IGNORES = ("logger", "trainer.resume", "trainer.progress", "trainer.eval_batch_size", "device", "data.root", "data.download")
+RESUME_IGNORES = (
+    "logger",
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.eval_batch_size",
+    "device",
+    "data.root",
+    "data.download",
+)
 
 
 @dataclass
@@ -118,7 +126,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise DeviceError(f"device={name} was asked for but is not available on this machine; use device=auto or device=cpu")
+        raise DeviceError(
+            f"device={name} was asked for but is not available on this machine; use device=auto or device=cpu"
+        )
     if name not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
     return torch.device(name)
@@ -173,7 +183,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
         "model": cfg.model.name, "pooling": cfg.model.pooling, "optimizer": cfg.optimizer.name,
-        "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None, "num_threads": None,
+        "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
+        "num_threads": None,
         "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
@@ -245,12 +256,19 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                     generator, bf16=bf16, progress=progress, stop_requested=stop,
                     desc=f"epoch {epoch}/{cfg.trainer.epochs}",
                 )  # fmt: skip
-                test_loss, test_acc = evaluate(forward, model.loss, test.images, test.labels, cfg.trainer.eval_batch_size, bf16)
+                test_loss, test_acc = evaluate(
+                    forward, model.loss, test.images, test.labels, cfg.trainer.eval_batch_size, bf16
+                )
                 seconds = time.perf_counter() - epoch_start
                 if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-                    kept = f"the checkpoint of epoch {epoch - 1} is kept in {checkpoint_path}" if history else "no checkpoint was written"
+                    kept = (
+                        f"the checkpoint of epoch {epoch - 1} is kept in {checkpoint_path}"
+                        if history
+                        else "no checkpoint was written"
+                    )
+                    bad = train_loss if not math.isfinite(train_loss) else test_loss
                     raise DivergedError(
-                        f"the loss became {train_loss if not math.isfinite(train_loss) else test_loss} in epoch {epoch}; "
+                        f"the loss became {bad} in epoch {epoch}; "
                         f"{kept}; lower optimizer.lr (now {cfg.optimizer.lr}) or change the schedule"
                     )
                 history.append(

@@ -12,7 +12,9 @@ SWEEP_FILE = "sweep.json"
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The job dirs of a sweep, in job order: subfolders holding Hydra's .hydra/overrides.yaml."""
     jobs = [p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")]
-    return sorted(jobs, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(sweep_dir).parts])
+    return sorted(
+        jobs, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(sweep_dir).parts]
+    )
 
 
 def override_key(override: str) -> str:

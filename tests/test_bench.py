@@ -8,14 +8,18 @@ from conftest import REPO, write_mnist
 
 
 def bench(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "lenet.bench", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lenet.bench", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def test_steps_mode_reports_both_pipelines_and_their_ratio(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw", n_train=256, n_test=64)
-    report = json.loads(bench("--root", str(tmp_path), "--steps", "3", "--rounds", "2", "--batch-size", "32", "--json", cwd=REPO))
+    report = json.loads(
+        bench("--root", str(tmp_path), "--steps", "3", "--rounds", "2", "--batch-size", "32", "--json", cwd=REPO)
+    )
     for name in ("usual", "harness"):
         assert report[name]["images_per_second"] > 0 and len(report[name]["images_per_second_each_round"]) == 2
         assert report[name]["peak_memory_mb"] > 0
@@ -23,11 +27,19 @@ def test_steps_mode_reports_both_pipelines_and_their_ratio(tmp_path):
     assert report["setup"]["batch_size"] == 32 and report["setup"]["steps"] == 3 and report["setup"]["device"] == "cpu"
 
 
-
 def test_reports_print_as_tables(capsys):
     from lenet.bench import _print_process, _print_steps
 
-    setup = {"device": "cpu", "batch_size": 64, "steps": 10, "rounds": 1, "cpu_cores": 2, "torch": "x", "epochs": 2, "logger": "none"}
+    setup = {
+        "device": "cpu",
+        "batch_size": 64,
+        "steps": 10,
+        "rounds": 1,
+        "cpu_cores": 2,
+        "torch": "x",
+        "epochs": 2,
+        "logger": "none",
+    }
     _print_steps({"usual": {"images_per_second": 1000.0, "peak_memory_mb": 10.0, "data_memory_mb": 1.0},
                   "harness": {"images_per_second": 3500.0, "peak_memory_mb": 20.0, "data_memory_mb": 2.0},
                   "speedup": 3.5, "setup": setup})  # fmt: skip
@@ -37,7 +49,9 @@ def test_reports_print_as_tables(capsys):
                     "harness": {"seconds": 10.0, "final_test_acc_each_round": [0.981], "startup_seconds_each_round": [2.5]},
                     "speedup": 3.0, "setup": setup})  # fmt: skip
     out = capsys.readouterr().out
-    assert "30.0 s" in out and "98.10%" in out and "start-up to the first training step: 2.50 s" in out and "3.00x" in out
+    assert (
+        "30.0 s" in out and "98.10%" in out and "start-up to the first training step: 2.50 s" in out and "3.00x" in out
+    )
 
 
 def test_process_mode_times_train_py_against_the_usual_script(tmp_path):

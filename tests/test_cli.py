@@ -11,7 +11,14 @@ from lenet.models import create_model
 
 from conftest import read_json, read_jsonl, run_train, write_mnist
 
-FAST = ["logger=none", "data=synthetic", "data.train_size=512", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
+FAST = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=512",
+    "data.test_size=256",
+    "trainer.batch_size=64",
+    "device=cpu",
+]
 
 
 def only_dir(pattern: str, cwd: Path) -> Path:
@@ -25,7 +32,9 @@ def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
     assert result.returncode == 0, result.stderr
     run_dir = only_dir("outputs/*/*", tmp_path)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", str(run_dir.relative_to(tmp_path / "outputs")))
-    assert re.search(r"epoch 1/1\s+train_loss [\d.]+\s+test_loss [\d.]+\s+test_acc [\d.]+%", result.stdout + result.stderr)
+    assert re.search(
+        r"epoch 1/1\s+train_loss [\d.]+\s+test_loss [\d.]+\s+test_acc [\d.]+%", result.stdout + result.stderr
+    )
 
     (row,) = read_jsonl(run_dir / "metrics.jsonl")
     assert row["epoch"] == 1 and 0 <= row["test_acc"] <= 1 and row["seconds"] > 0 and row["lr"] > 0
@@ -68,7 +77,9 @@ def test_cfg_job_help_and_info_work_as_in_hydra(tmp_path):
     job = yaml.safe_load(cfg.stdout)
     assert job["optimizer"]["name"] == "adam" and job["model"]["pooling"] == "avg" and job["trainer"]["epochs"] == 10
     help_ = run_train("--help", cwd=tmp_path)
-    assert help_.returncode == 0 and "optimizer: adam, adamw" in help_.stdout.replace("base_adam, base_adamw, base_sgd, ", "")
+    assert help_.returncode == 0 and "optimizer: adam, adamw" in help_.stdout.replace(
+        "base_adam, base_adamw, base_sgd, ", ""
+    )
     info = run_train("--info", cwd=tmp_path)
     assert info.returncode == 0 and "Config search path" in info.stdout
     assert not (tmp_path / "outputs").exists()

@@ -44,11 +44,18 @@ def test_table_numbers_match_the_summaries(pooling_sweep):
         assert float(row["final_test_acc_ci95_high"]) == pytest.approx(statistics.fmean(final) + half)
         assert int(row["num_params"]) == 61_706
         assert float(row["epoch_seconds"]) == pytest.approx(statistics.fmean(s["seconds_per_epoch"] for s in mine))
-        assert f"| pooling={pooling} | 3 | 0 | {100 * statistics.fmean(final):.2f} ± {100 * statistics.stdev(final):.2f} |" in report
+        assert (
+            f"| pooling={pooling} | 3 | 0 | {100 * statistics.fmean(final):.2f} ± {100 * statistics.stdev(final):.2f} |"
+            in report
+        )
 
 
 def test_paired_test_over_seeds_is_reported_plainly(pooling_sweep):
-    report = (pooling_sweep / "comparison.md").read_text() if (pooling_sweep / "comparison.md").exists() else compare(pooling_sweep)
+    report = (
+        (pooling_sweep / "comparison.md").read_text()
+        if (pooling_sweep / "comparison.md").exists()
+        else compare(pooling_sweep)
+    )
     by_seed = {}
     for n in range(6):
         s = read_json(pooling_sweep / str(n) / "summary.json")
@@ -68,7 +75,9 @@ def test_plot_and_command_line(pooling_sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| pooling=avg | 3 |" in result.stdout
     script = shutil.which("lenet-compare") or str(Path(sys.executable).parent / "lenet-compare")
-    console = subprocess.run([script, str(pooling_sweep), "--out", str(tmp_path / "console")], capture_output=True, text=True)
+    console = subprocess.run(
+        [script, str(pooling_sweep), "--out", str(tmp_path / "console")], capture_output=True, text=True
+    )
     assert console.returncode == 0 and console.stdout == result.stdout  # the console script is the same tool
     png = (tmp_path / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

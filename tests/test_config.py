@@ -26,7 +26,12 @@ def hydra_conf():
 def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
     cfg = to_typed(compose("config"))
     assert isinstance(cfg, Config) and isinstance(cfg.optimizer, SGDConfig)
-    assert (cfg.model.name, cfg.model.pooling, cfg.scheduler.name, cfg.data.name) == ("lenet5", "max", "onecycle", "mnist")
+    assert (cfg.model.name, cfg.model.pooling, cfg.scheduler.name, cfg.data.name) == (
+        "lenet5",
+        "max",
+        "onecycle",
+        "mnist",
+    )
     assert cfg.trainer.epochs == 10 and cfg.seed == 0 and cfg.data.resize == Resize.pad and cfg.device.name == "auto"
 
 

@@ -122,7 +122,9 @@ def test_a_failed_download_is_one_line_naming_the_fix(tmp_path, monkeypatch):
 
     class Offline:
         def __init__(self, root, train, download):
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n<urlopen error>\n")
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n<urlopen error>\n"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     with pytest.raises(DataError) as e:

@@ -43,7 +43,9 @@ def test_shuffling_follows_the_generator():
         torch.manual_seed(0)
         model = create_model("lenet5")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        losses.append(train_one_epoch(model, model.loss, optimizer, None, images, labels, 16, torch.Generator().manual_seed(seed)))
+        losses.append(
+            train_one_epoch(model, model.loss, optimizer, None, images, labels, 16, torch.Generator().manual_seed(seed))
+        )
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
@@ -51,7 +53,9 @@ def test_progress_bar_only_when_asked(capsys):
     model = create_model("lenet5")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     images, labels = data(64)
-    train_one_epoch(model, model.loss, optimizer, None, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3")
+    train_one_epoch(
+        model, model.loss, optimizer, None, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
+    )
     assert "epoch 1/3" in capsys.readouterr().err
     train_one_epoch(model, model.loss, optimizer, None, images, labels, 16, torch.Generator(), progress=False)
     assert capsys.readouterr().err == ""

@@ -93,7 +93,9 @@ def test_optuna_search_finds_the_best_trial(tmp_path):
     assert results["best_value"] == max(s["final_test_acc"] for s in summaries)
     best = next(s for s in summaries if s["final_test_acc"] == results["best_value"])
     overrides = dict(o.split("=", 1) for o in best["overrides"] if o.split("=", 1)[0] in results["best_params"])
-    assert {k: float(v) for k, v in overrides.items()} == pytest.approx({k: float(v) for k, v in results["best_params"].items()})
+    assert {k: float(v) for k, v in overrides.items()} == pytest.approx(
+        {k: float(v) for k, v in results["best_params"].items()}
+    )
     assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "trainer.batch_size"}
     report = compare(sweep)
     assert report.count("| optimizer.lr=") == 3  # every trial is its own variant

@@ -117,7 +117,13 @@ def test_classic_shapes_follow_the_paper():
     c3 = model.act(model.c3(s2))
     s4 = model.s4(c3)
     c5 = model.act(model.c5(s4))
-    assert [t.shape[1:] for t in (c1, s2, c3, s4, c5)] == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (120, 1, 1)]
+    assert [t.shape[1:] for t in (c1, s2, c3, s4, c5)] == [
+        (6, 28, 28),
+        (6, 14, 14),
+        (16, 10, 10),
+        (16, 5, 5),
+        (120, 1, 1),
+    ]
     assert model.f6.out_features == 84
 
 

@@ -46,7 +46,11 @@ def test_cosine_warms_up_then_decays_to_min_lr():
 
 def test_step_multiplies_by_gamma_every_step_epochs():
     seen = lrs(StepConfig(name="step", step_epochs=2, gamma=0.1), 5, 3)
-    assert seen[0] == seen[5] == pytest.approx(0.05) and seen[6] == pytest.approx(0.005) and seen[12] == pytest.approx(0.0005)
+    assert (
+        seen[0] == seen[5] == pytest.approx(0.05)
+        and seen[6] == pytest.approx(0.005)
+        and seen[12] == pytest.approx(0.0005)
+    )
 
 
 def test_none_keeps_the_lr():

@@ -90,7 +90,9 @@ def test_resume_refuses_a_checkpoint_made_with_another_config(tmp_path):
 
 def test_resume_without_a_checkpoint_starts_from_epoch_one(tmp_path):
     summary, _ = run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=1", "trainer.resume=true")
-    assert summary["status"] == "completed" and summary["resumed_from_epoch"] is None and summary["epochs_completed"] == 1
+    assert (
+        summary["status"] == "completed" and summary["resumed_from_epoch"] is None and summary["epochs_completed"] == 1
+    )
 
 
 class NaNAfter(nn.Module):

@@ -44,8 +44,15 @@ def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_pat
 
 
 def test_online_without_credentials_fails_fast_without_prompting(tmp_path):
-    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "NETRC": str(tmp_path / "netrc"), "WANDB_CONFIG_DIR": str(tmp_path)}
-    result = run_train("logger=wandb", "logger.mode=online", *SYNTHETIC, "hydra.run.dir=run", cwd=tmp_path, env=env, timeout=60)
+    env = {
+        "HOME": str(tmp_path),
+        "WANDB_API_KEY": "",
+        "NETRC": str(tmp_path / "netrc"),
+        "WANDB_CONFIG_DIR": str(tmp_path),
+    }
+    result = run_train(
+        "logger=wandb", "logger.mode=online", *SYNTHETIC, "hydra.run.dir=run", cwd=tmp_path, env=env, timeout=60
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "wandb login" in result.stderr and "logger.mode=offline" in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before training

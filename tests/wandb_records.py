@@ -50,7 +50,9 @@ class OfflineRun:
         self.kinds = set(kinds)
         self.run = next(r.run for r, k in zip(self.records, kinds) if k == "run")
         self.history = [
-            {_key(item): json.loads(item.value_json) for item in r.history.item} for r, k in zip(self.records, kinds) if k == "history"
+            {_key(item): json.loads(item.value_json) for item in r.history.item}
+            for r, k in zip(self.records, kinds)
+            if k == "history"
         ]
         self.summary = {}
         for r, k in zip(self.records, kinds):

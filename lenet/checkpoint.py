@@ -6,14 +6,35 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
+from lenet.errors import ConfigError
 from lenet.tracking import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename, so a crash leaves the old one."""
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[LRScheduler],
+    generator: torch.Generator,
+    history: list[dict[str, Any]],
+    config: dict[str, Any],
+    wall_seconds: float,
+) -> None:
+    """Write the training state to ``path`` through a temporary file and a rename, so a crash leaves the old one."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(generator),
+        "history": history,
+        "config": config,
+        "wall_seconds": wall_seconds,
+    }
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
 
@@ -56,3 +77,31 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[s
     a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]
+
+
+def restore(
+    checkpoint: dict[str, Any],
+    path: Path,
+    config: dict[str, Any],
+    ignore: tuple[str, ...],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[LRScheduler],
+    generator: torch.Generator,
+) -> tuple[list[dict[str, Any]], float]:
+    """Load a checkpoint's states into the training objects; return its history and wall seconds.
+
+    A checkpoint made with another config (keys under ``ignore`` aside) is refused with ConfigError.
+    """
+    changed = changed_keys(checkpoint["config"], config, ignore)
+    if changed:
+        raise ConfigError(
+            f"cannot resume from {path}: it was made with different values of {', '.join(changed)}; "
+            "resume with the same config or start a new run dir"
+        )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"], generator)
+    return checkpoint["history"], checkpoint["wall_seconds"]

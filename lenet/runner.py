@@ -22,11 +22,11 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.checkpoint import CHECKPOINT_FILE, changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from lenet.config import Config, Precision, to_typed
 from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
-from lenet.errors import ConfigError, DeviceError, DivergedError, Interrupted, UserError
+from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
 from lenet.models import create_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys
@@ -221,19 +221,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             resume = cfg.trainer.resume or job.requeueable
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
             if checkpoint is not None:
-                changed = changed_keys(checkpoint["config"], config_record, RESUME_IGNORES)
-                if changed:
-                    raise ConfigError(
-                        f"cannot resume from {checkpoint_path}: it was made with different values of "
-                        f"{', '.join(changed)}; resume with the same config or start a new run dir"
-                    )
-                model.load_state_dict(checkpoint["model"])
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                if scheduler is not None:
-                    scheduler.load_state_dict(checkpoint["scheduler"])
-                set_rng_state(checkpoint["rng"], generator)
-                history = checkpoint["history"]
-                elapsed_before = checkpoint["wall_seconds"]
+                history, elapsed_before = restore(
+                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, scheduler, generator
+                )
                 summary["resumed_from_epoch"] = len(history)
                 tracker.replay(history)
                 log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
@@ -275,15 +265,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                     {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
                      "lr": lr, "seconds": seconds}
                 )  # fmt: skip
+                elapsed = elapsed_before + time.perf_counter() - started
                 save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "rng": rng_state(generator), "history": history, "config": config_record,
-                        "wall_seconds": elapsed_before + time.perf_counter() - started,
-                    },
-                )  # fmt: skip
+                    checkpoint_path, model, optimizer, scheduler, generator, history, config_record, elapsed
+                )
                 tracker.log_epoch(history)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",

@@ -174,7 +174,8 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
         train_one_epoch(model, model.loss, optimizer, None, images, labels, batch_size, generator)
         return len(labels)
 
-    harness_steps(0) if warmup else None
+    if warmup:
+        harness_steps(0)
     results: dict[str, list] = {"usual": [], "harness": []}
     for r in range(rounds):
         results["usual"].append(

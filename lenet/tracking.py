@@ -75,24 +75,33 @@ def start_wandb(
     import wandb
 
     mode = resolve_wandb_mode(cfg.mode)
-    os.environ["WANDB_MODE"] = mode  # W&B's own settings read it; keep them agreeing with logger.mode
-    if mode == "online" and not wandb.login(prompt=False, verify=False):
-        raise UserError(
-            "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "
-            "or set WANDB_API_KEY, or log offline with logger.mode=offline and `wandb sync` later"
+    # W&B's own settings read $WANDB_MODE; make them agree with logger.mode for this run only, so
+    # the next job of a sweep in this process resolves its mode from the user's environment again
+    previous = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = mode
+    try:
+        if mode == "online" and not wandb.login(prompt=False, verify=False):
+            raise UserError(
+                "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "
+                "or set WANDB_API_KEY, or log offline with logger.mode=offline and `wandb sync` later"
+            )
+        return wandb.init(
+            dir=str(run_dir),
+            mode=mode,
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group or group,
+            name=cfg.name or name,
+            tags=list(cfg.tags) or None,
+            config=config,
+            reinit="finish_previous",  # a previous job of the sweep in this process must never leak in
+            settings=wandb.Settings(console="off", silent=True),
         )
-    return wandb.init(
-        dir=str(run_dir),
-        mode=mode,
-        project=cfg.project,
-        entity=cfg.entity,
-        group=cfg.group or group,
-        name=cfg.name or name,
-        tags=list(cfg.tags) or None,
-        config=config,
-        reinit="finish_previous",  # a previous job of the sweep in this process must never leak in
-        settings=wandb.Settings(console="off", silent=True),
-    )
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = previous
 
 
 class Tracker:
@@ -114,7 +123,9 @@ class Tracker:
 
     def replay(self, history: list[dict[str, Any]]) -> None:
         """Send the epochs a resumed run had finished before to its new W&B run."""
-        for row in history if self.wandb_run is not None else []:
+        if self.wandb_run is None:
+            return
+        for row in history:
             self.wandb_run.log(row, step=row["epoch"])
 
     def log_weights(self, path: Path, artifact_name: str) -> None:

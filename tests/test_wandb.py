@@ -1,5 +1,7 @@
 """Weights & Biases logging, read back from offline runs: no network, no account."""
 
+import os
+
 import pytest
 
 from conftest import read_json, read_jsonl, run_train
@@ -67,3 +69,13 @@ def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypa
     else:
         monkeypatch.setenv("WANDB_MODE", env_mode)
     assert resolve_wandb_mode(None) == expected
+
+
+def test_a_jobs_mode_does_not_leak_into_the_next_job(tmp_path, monkeypatch):
+    from lenet.config import LoggerConfig, WandbMode
+    from lenet.tracking import start_wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.disabled), tmp_path, {}, None, None)
+    run.finish()
+    assert "WANDB_MODE" not in os.environ

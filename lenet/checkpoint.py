@@ -7,9 +7,9 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
 
 from lenet.errors import ConfigError
+from lenet.optim import Optimizer
 from lenet.tracking import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -18,8 +18,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def save_checkpoint(
     path: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[LRScheduler],
+    optimizer: Optimizer,
     generator: torch.Generator,
     history: list[dict[str, Any]],
     config: dict[str, Any],
@@ -29,7 +28,6 @@ def save_checkpoint(
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng_state(generator),
         "history": history,
         "config": config,
@@ -85,8 +83,7 @@ def restore(
     config: dict[str, Any],
     ignore: tuple[str, ...],
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[LRScheduler],
+    optimizer: Optimizer,
     generator: torch.Generator,
 ) -> tuple[list[dict[str, Any]], float]:
     """Load a checkpoint's states into the training objects; return its history and wall seconds.
@@ -100,8 +97,9 @@ def restore(
             "resume with the same config or start a new run dir"
         )
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(checkpoint["scheduler"])
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])  # its step count also places the lr schedule
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"cannot resume from {path}: its optimizer state does not fit ({e}); start a new run dir")
     set_rng_state(checkpoint["rng"], generator)
     return checkpoint["history"], checkpoint["wall_seconds"]

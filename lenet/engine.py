@@ -11,9 +11,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
-
 from lenet.errors import Interrupted
+from lenet.optim import Optimizer, Schedule
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -26,8 +25,8 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 def train_one_epoch(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[LRScheduler],
+    optimizer: Optimizer,
+    lr_at: Schedule,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
@@ -37,7 +36,10 @@ def train_one_epoch(
     stop_requested: Callable[[], Optional[str]] = lambda: None,
     desc: str = "train",
 ) -> float:
-    """Train for one pass over ``images`` in a shuffled order drawn from ``generator``; mean loss."""
+    """Train for one pass over ``images`` in a shuffled order drawn from ``generator``; mean loss.
+
+    The lr of each step is ``lr_at(optimizer.steps)``: the schedule counts steps over the whole run.
+    """
     model.train()
     n = len(labels)
     order = torch.randperm(n, generator=generator).to(images.device)
@@ -55,11 +57,10 @@ def train_one_epoch(
         x, y = images[index], labels[index]
         with autocast(images.device, bf16):
             loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
+        optimizer.lr = lr_at(optimizer.steps)
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
         loss_sum += loss.detach().float() * len(index)
     return loss_sum.item() / n
 

@@ -28,7 +28,7 @@ from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
 from lenet.models import create_model, num_params
-from lenet.optim import build_optimizer, build_scheduler
+from lenet.optim import build_optimizer, build_schedule
 from lenet.sweep import job_label, read_swept_keys
 from lenet.tracking import Tracker, start_wandb
 
@@ -213,7 +213,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             forward = torch.compile(model) if cfg.trainer.compile else model
             optimizer = build_optimizer(model.parameters(), cfg.optimizer)
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
+            lr_at = build_schedule(cfg.scheduler, cfg.optimizer.lr, cfg.trainer.epochs, steps_per_epoch)
             generator = torch.Generator().manual_seed(cfg.seed)
 
             checkpoint_path = run_dir / CHECKPOINT_FILE
@@ -222,7 +222,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
             if checkpoint is not None:
                 history, elapsed_before = restore(
-                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, scheduler, generator
+                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, generator
                 )
                 summary["resumed_from_epoch"] = len(history)
                 tracker.replay(history)
@@ -240,9 +240,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 if stop():
                     raise Interrupted(stop())
                 epoch_start = time.perf_counter()
-                lr = optimizer.param_groups[0]["lr"]
+                lr = lr_at(optimizer.steps)  # of the epoch's first step
                 train_loss = train_one_epoch(
-                    forward, model.loss, optimizer, scheduler, train.images, train.labels, cfg.trainer.batch_size,
+                    forward, model.loss, optimizer, lr_at, train.images, train.labels, cfg.trainer.batch_size,
                     generator, bf16=bf16, progress=progress, stop_requested=stop,
                     desc=f"epoch {epoch}/{cfg.trainer.epochs}",
                 )  # fmt: skip
@@ -266,9 +266,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                      "lr": lr, "seconds": seconds}
                 )  # fmt: skip
                 elapsed = elapsed_before + time.perf_counter() - started
-                save_checkpoint(
-                    checkpoint_path, model, optimizer, scheduler, generator, history, config_record, elapsed
-                )
+                save_checkpoint(checkpoint_path, model, optimizer, generator, history, config_record, elapsed)
                 tracker.log_epoch(history)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",

@@ -5,8 +5,12 @@ import torch
 
 from lenet.engine import evaluate, train_one_epoch
 from lenet.models import create_model
+from lenet.optim import SGD
 
 from test_reliability import run_in_process
+
+
+CONSTANT = lambda step: 0.01  # noqa: E731
 
 
 def data(n=256, seed=0):
@@ -16,13 +20,24 @@ def data(n=256, seed=0):
 
 def test_an_epoch_reads_back_from_the_device_once(monkeypatch):
     model = create_model("lenet5")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    optimizer = SGD(model.parameters(), lr=0.01)
     images, labels = data()
     calls = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
-    loss = train_one_epoch(model, model.loss, optimizer, None, images, labels, 32, torch.Generator().manual_seed(0))
+    loss = train_one_epoch(model, model.loss, optimizer, CONSTANT, images, labels, 32, torch.Generator().manual_seed(0))
     assert len(calls) == 1 and loss > 0  # 8 steps, a single .item() for the epoch's mean loss
+
+
+def test_each_step_takes_the_lr_of_its_number_in_the_run():
+    model = create_model("lenet5")
+    optimizer = SGD(model.parameters(), lr=0.01)
+    images, labels = data(64)
+    asked = []
+    schedule = lambda step: asked.append(step) or 0.01 / (1 + step)  # noqa: E731
+    for _ in range(2):
+        train_one_epoch(model, model.loss, optimizer, schedule, images, labels, 16, torch.Generator().manual_seed(0))
+    assert asked == list(range(8)) and optimizer.steps == 8 and optimizer.lr == 0.01 / 8
 
 
 def test_mean_loss_and_accuracy_do_not_depend_on_the_eval_batch_size():
@@ -42,22 +57,24 @@ def test_shuffling_follows_the_generator():
     for seed in (0, 0, 1):
         torch.manual_seed(0)
         model = create_model("lenet5")
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        optimizer = SGD(model.parameters(), lr=0.05)
         losses.append(
-            train_one_epoch(model, model.loss, optimizer, None, images, labels, 16, torch.Generator().manual_seed(seed))
+            train_one_epoch(
+                model, model.loss, optimizer, CONSTANT, images, labels, 16, torch.Generator().manual_seed(seed)
+            )
         )
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
 def test_progress_bar_only_when_asked(capsys):
     model = create_model("lenet5")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    optimizer = SGD(model.parameters(), lr=0.01)
     images, labels = data(64)
     train_one_epoch(
-        model, model.loss, optimizer, None, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
+        model, model.loss, optimizer, CONSTANT, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
     )
     assert "epoch 1/3" in capsys.readouterr().err
-    train_one_epoch(model, model.loss, optimizer, None, images, labels, 16, torch.Generator(), progress=False)
+    train_one_epoch(model, model.loss, optimizer, CONSTANT, images, labels, 16, torch.Generator(), progress=False)
     assert capsys.readouterr().err == ""
 
 

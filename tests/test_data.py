@@ -4,9 +4,10 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lenet.data as data
-from lenet.data import load_dataset, locate_raw, make_synthetic, preprocess, read_idx
+from lenet.data import load_dataset, locate_raw, make_synthetic, preprocess, read_idx, resize_matrix
 from lenet.errors import DataError
 
 from conftest import REAL_DATA, write_idx, write_mnist
@@ -80,6 +81,26 @@ def test_preprocess_pads_like_the_paper_or_resizes_like_torchvision():
     assert padded[0, 0, 2:30, 2:30].eq(1).all() and padded[0, 0, :2].eq(0).all() and padded[0, 0, :, 30:].eq(0).all()
     resized = preprocess(images, "resize", mean=0.5, std=0.5, device=CPU)
     assert resized.shape == (2, 1, 32, 32) and torch.allclose(resized, torch.ones_like(resized))
+
+
+def test_resize_matches_torchvision_resize_on_pil_images():
+    from PIL import Image
+    from torchvision import transforms
+
+    images, _ = make_synthetic(8, seed=5)
+    ours = preprocess(images, "resize", mean=0.0, std=1.0, device=CPU)
+    to_tensor = transforms.Compose([transforms.Resize(32), transforms.ToTensor()])
+    theirs = torch.stack([to_tensor(Image.fromarray(image)) for image in images])
+    assert ours.shape == theirs.shape == (8, 1, 32, 32)
+    # PIL computes in fixed point and rounds to uint8 (one grey level at most); we keep the fraction
+    assert (ours - theirs).abs().max() <= 1 / 255 + 1e-6 and (ours - theirs).abs().mean() < 0.3 / 255
+
+
+def test_resize_matrix_is_interpolate_along_one_axis():
+    x = torch.rand(3, 1, 28, 20)
+    expected = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(resize_matrix(28, 32) @ x @ resize_matrix(20, 32).t(), expected, atol=1e-6)
+    assert torch.allclose(resize_matrix(28, 32).sum(1), torch.ones(32))
 
 
 def test_synthetic_data_is_deterministic_and_balanced():

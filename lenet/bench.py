@@ -252,6 +252,7 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
                     "seconds": seconds,
                     "final_test_acc": summary["final_test_acc"],
                     "startup_seconds": summary.get("startup_seconds"),
+                    "seconds_per_epoch": summary.get("seconds_per_epoch"),
                 }
             )
     report: dict[str, Any] = {}
@@ -263,6 +264,7 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
             "final_test_acc_mean": statistics.mean(r["final_test_acc"] for r in runs),
         }
     report["harness"]["startup_seconds_each_round"] = [r["startup_seconds"] for r in results["harness"]]
+    report["harness"]["seconds_per_epoch_each_round"] = [r["seconds_per_epoch"] for r in results["harness"]]
     report["speedup"] = report["usual"]["seconds"] / report["harness"]["seconds"]
     report["setup"] = {"epochs": epochs, "batch_size": batch_size, "rounds": rounds, "device": device,
                        "logger": logger, **machine()}  # fmt: skip

@@ -64,4 +64,5 @@ def test_process_mode_times_train_py_against_the_usual_script(tmp_path):
         assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
         assert report[name]["final_test_acc_mean"] == sum(accs) / 2
     assert all(seconds > 0 for seconds in report["harness"]["startup_seconds_each_round"])
+    assert all(seconds > 0 for seconds in report["harness"]["seconds_per_epoch_each_round"])
     assert report["speedup"] == report["usual"]["seconds"] / report["harness"]["seconds"]

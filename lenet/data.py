@@ -206,11 +206,10 @@ def preprocess(images: np.ndarray, resize: str, mean: float, std: float, device:
     if resize == "pad":  # 1998 paper: the 28x28 digit centred in a 32x32 field of background
         pad = (IMAGE_SIDE - x.shape[-1]) // 2
         x = F.pad(x, (pad, IMAGE_SIDE - x.shape[-1] - pad, pad, IMAGE_SIDE - x.shape[-2] - pad))
-    elif resize == "resize":  # as torchvision's Resize(32): antialiased bilinear, as one matrix product per axis
+    elif resize == "resize":  # as torchvision's Resize(32): antialiased bilinear
+        # one matrix product per axis, (32, 28) @ (N, 1, 28, 28) @ (28, 32): 1.7x faster than F.interpolate here
         rows, cols = resize_matrix(x.shape[-2], IMAGE_SIDE), resize_matrix(x.shape[-1], IMAGE_SIDE)
-        x = (
-            rows.to(device) @ x @ cols.to(device).t()
-        )  # (32, 28) @ (N, 1, 28, 28) @ (28, 32); 8x faster than interpolate
+        x = rows.to(device) @ x @ cols.to(device).t()
     else:
         raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
     return x.sub_(mean).div_(std).contiguous()

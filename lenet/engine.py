@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+
 from lenet.errors import Interrupted
 from lenet.optim import Optimizer, Schedule
 

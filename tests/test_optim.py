@@ -152,3 +152,20 @@ def test_a_parameter_without_gradient_is_a_bug_not_a_silent_skip():
     model.weight.sum().backward()  # the bias gets no gradient
     with pytest.raises(RuntimeError, match="no gradient"):
         optimizer.step()
+
+
+def test_resume_refuses_an_optimizer_state_it_cannot_use(tmp_path):
+    from lenet.checkpoint import restore, rng_state
+    from lenet.errors import ConfigError
+
+    model, generator = torch.nn.Linear(2, 2), torch.Generator()
+    checkpoint = {
+        "config": {},
+        "model": model.state_dict(),
+        "history": [],
+        "wall_seconds": 0.0,
+        "rng": rng_state(generator),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+    }  # e.g. an older version's
+    with pytest.raises(ConfigError, match="optimizer state does not fit.*start a new run dir"):
+        restore(checkpoint, tmp_path / "checkpoint.pt", {}, (), model, SGD(model.parameters(), lr=0.1), generator)

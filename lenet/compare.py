@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
-from lenet.sweep import override_key, sweep_jobs
+from lenet.sweep import split_override, sweep_jobs
 from lenet.tracking import read_metrics, read_summary
 
 SEED_KEY = "seed"
@@ -76,8 +76,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for path in sweep_jobs(sweep_dir):
         overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
-        parsed = {override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in overrides}
-        jobs.append(Job(path, parsed, read_summary(path), read_metrics(path)))
+        jobs.append(Job(path, dict(map(split_override, overrides)), read_summary(path), read_metrics(path)))
     return jobs
 
 

@@ -17,9 +17,10 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
     )
 
 
-def override_key(override: str) -> str:
-    """The key or group an override sets: ``+optimizer.lr=0.1`` -> ``optimizer.lr``."""
-    return override.split("=", 1)[0].lstrip("+~")
+def split_override(override: str) -> tuple[str, str]:
+    """The key or group an override sets and its value: ``+optimizer.lr=0.1`` -> ``("optimizer.lr", "0.1")``."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
 
 
 def swept_keys(cli_overrides: Iterable[str], sweeper_params: Iterable[str]) -> list[str]:
@@ -45,5 +46,5 @@ def read_swept_keys(sweep_dir: Path) -> Optional[list[str]]:
 
 def job_label(overrides: list[str], swept: Optional[list[str]]) -> str:
     """What sets a job apart in its sweep, e.g. ``pooling=avg,seed=1``; all overrides when unknown."""
-    chosen = [o for o in overrides if swept is None or override_key(o) in swept]
+    chosen = [o for o in overrides if swept is None or split_override(o)[0] in swept]
     return ",".join(chosen)

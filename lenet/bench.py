@@ -30,6 +30,7 @@ from lenet.data import load_dataset
 from lenet.engine import train_one_epoch
 from lenet.models import create_model
 from lenet.optim import Adam
+from lenet.tracking import read_summary
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +246,7 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
                            f"logger={logger}", f"device={device}", f"seed={r}", f"hydra.run.dir={run_dir}"]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(harness_cmd, capture_output=True, text=True, check=True, cwd=REPO)
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = read_summary(run_dir)
             seconds = time.perf_counter() - start
             results["harness"].append(
                 {

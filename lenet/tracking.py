@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -68,12 +69,43 @@ def resolve_wandb_mode(mode: Optional[WandbMode]) -> str:
     return os.environ.get("WANDB_MODE") or "offline"
 
 
+_wandb_setup: Optional[threading.Thread] = None  # started by prepare_wandb, joined by start_wandb
+
+
+def prepare_wandb(mode: Optional[WandbMode]) -> None:
+    """Import W&B and start its service process on a thread; call it before torch is imported.
+
+    Measured on a 2-core CPU: W&B then adds ~0.15 s to a run's start-up instead of ~1 s. wandb.init
+    imports W&B Launch on every call (wandb 0.31), 0.15 s before torch is imported and 0.6 s after
+    (pydantic looks up its models' docstrings through a walk of sys.modules, which torch fills); and
+    W&B's service process boots while torch is being imported instead of after.
+    """
+    global _wandb_setup
+    if _wandb_setup is not None or resolve_wandb_mode(mode) == "disabled":
+        return
+    import wandb
+
+    with contextlib.suppress(ImportError):  # a private module: only the import's timing is at stake
+        import wandb.sdk.launch.inputs.internal  # noqa: F401
+
+    def setup() -> None:
+        try:
+            wandb.setup()
+        except Exception:  # wandb.init starts the service again and reports what goes wrong
+            log.debug("starting the W&B service ahead of wandb.init failed", exc_info=True)
+
+    _wandb_setup = threading.Thread(target=setup, name="wandb-setup")
+    _wandb_setup.start()
+
+
 def start_wandb(
     cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], group: Optional[str], name: Optional[str]
 ) -> Any:
     """Start a W&B run whose files live in ``run_dir``; fail fast when online without credentials."""
     import wandb
 
+    if _wandb_setup is not None:
+        _wandb_setup.join()
     mode = resolve_wandb_mode(cfg.mode)
     # W&B's own settings read $WANDB_MODE; make them agree with logger.mode for this run only, so
     # the next job of a sweep in this process resolves its mode from the user's environment again

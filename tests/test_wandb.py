@@ -1,6 +1,8 @@
 """Weights & Biases logging, read back from offline runs: no network, no account."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +81,32 @@ def test_a_jobs_mode_does_not_leak_into_the_next_job(tmp_path, monkeypatch):
     run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.disabled), tmp_path, {}, None, None)
     run.finish()
     assert "WANDB_MODE" not in os.environ
+
+
+PREPARE = """
+import os
+import sys
+from lenet.config import WandbMode
+from lenet import tracking
+tracking.prepare_wandb(MODE)
+if tracking._wandb_setup is not None:
+    tracking._wandb_setup.join()
+def parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+children = [pid for pid in os.listdir("/proc") if pid.isdigit() and parent(pid) == os.getpid()]
+print(len(children), "torch" in sys.modules, "wandb" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads child processes from /proc")
+@pytest.mark.parametrize("mode,expected", [("None", "1 False True"), ("WandbMode.disabled", "0 False False")])
+def test_prepare_wandb_starts_its_service_without_torch_unless_disabled(tmp_path, mode, expected):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    script = PREPARE.replace("MODE", mode)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == expected  # the W&B service process; torch and W&B imported or not

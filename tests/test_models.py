@@ -70,6 +70,29 @@ def test_lenet5_layer_shapes():
     assert per_layer == {"conv1": 156, "pool1": 0, "conv2": 2416, "pool2": 0, "fc1": 48120, "fc2": 10164, "fc3": 850}
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_lenet5_max_pooling_before_relu_equals_relu_before_pooling_bit_for_bit(memory_format):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", pooling="max").to(memory_format=memory_format)
+    x = torch.randn(8, 1, 32, 32).clamp_min_(0).round_().contiguous(memory_format=memory_format)  # many ties
+    y = torch.randint(0, 10, (8,))
+
+    def relu_then_pool(x):  # the textbook order
+        x = model.pool1(F.relu(model.conv1(x)))
+        x = model.pool2(F.relu(model.conv2(x)))
+        return model.fc3(F.relu(model.fc2(F.relu(model.fc1(x.flatten(1))))))
+
+    results = []
+    for forward in (model, relu_then_pool):
+        model.zero_grad()
+        loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_subsample_pooling_is_a_scaled_window_sum_plus_bias():
     layer = create_pooling("subsample", 2, nn.Identity())
     sub = layer[0]

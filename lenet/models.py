@@ -130,7 +130,7 @@ class LeNet5(nn.Module):
     def _relu_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(pool, nn.MaxPool2d):
             # max pooling commutes with ReLU, values and gradients alike (tests check it bit for bit); pooling
-            # first applies the ReLU to a quarter of the values and made training steps 1.4x faster here
+            # first made training steps 1.07x faster on MNIST here (1.5x on random inputs)
             return F.relu(pool(x))
         return pool(F.relu(x))
 

@@ -75,7 +75,7 @@ _wandb_setup: Optional[threading.Thread] = None  # started by prepare_wandb, joi
 def prepare_wandb(mode: Optional[WandbMode]) -> None:
     """Import W&B and start its service process on a thread; call it before torch is imported.
 
-    Measured on a 2-core CPU: W&B then adds ~0.15 s to a run's start-up instead of ~1 s. wandb.init
+    Measured on a 2-core CPU: W&B then adds ~0.5 s to a run's start-up instead of ~1.2 s. wandb.init
     imports W&B Launch on every call (wandb 0.31), 0.15 s before torch is imported and 0.6 s after
     (pydantic looks up its models' docstrings through a walk of sys.modules, which torch fills); and
     W&B's service process boots while torch is being imported instead of after.

@@ -221,6 +221,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
             lr_at = build_schedule(cfg.scheduler, cfg.optimizer.lr, cfg.trainer.epochs, steps_per_epoch)
             generator = torch.Generator().manual_seed(cfg.seed)
+            if tracker.wandb_run is not None:
+                tracker.wandb_run.wait_started()  # W&B started its run while the data loaded
 
             checkpoint_path = run_dir / CHECKPOINT_FILE
             # a job that submitit requeued after a time-out or pre-emption continues where it stopped

@@ -6,17 +6,20 @@ temporary file and a rename, so a crash never leaves a half-written or duplicate
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lenet.config import LoggerConfig, WandbMode
 from lenet.errors import UserError
+from lenet.wandb_worker import NO_CREDENTIALS
 
 log = logging.getLogger(__name__)
 
@@ -69,77 +72,128 @@ def resolve_wandb_mode(mode: Optional[WandbMode]) -> str:
     return os.environ.get("WANDB_MODE") or "offline"
 
 
-_wandb_setup: Optional[threading.Thread] = None  # started by prepare_wandb, joined by start_wandb
+NO_CREDENTIALS_MESSAGE = (
+    "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "
+    "or set WANDB_API_KEY, or log offline with logger.mode=offline and `wandb sync` later"
+)
+
+
+class WandbProcess:
+    """The child process that runs W&B (``lenet/wandb_worker.py``); the jobs of a sweep in one process share it.
+
+    W&B is never imported in the training process: its import (~0.55 s of one core on a 2-core CPU)
+    runs in the child, on the other core, while torch is imported here.
+    """
+
+    def __init__(self) -> None:
+        package_parent = str(Path(__file__).resolve().parents[1])  # importable even when not installed
+        python_path = os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONPATH": python_path}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "lenet.wandb_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            bufsize=1, env=env,
+        )  # fmt: skip
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self._process.poll() is None
+
+    def send(self, op: str, **fields: Any) -> bool:
+        """Send one command; False when the process has ended."""
+        try:
+            self._process.stdin.write(json.dumps({"op": op, **fields}, default=str) + "\n")
+            self._process.stdin.flush()
+            return True
+        except (BrokenPipeError, ValueError):  # ValueError: stdin already closed
+            return False
+
+    def answer(self) -> dict[str, Any]:
+        """Wait for the answer to an ``init`` or ``finish`` command."""
+        line = self._process.stdout.readline()
+        if not line:
+            return {"ok": False, "error": "the W&B process ended unexpectedly (its messages are above)"}
+        return json.loads(line)
+
+    def close(self) -> None:
+        """Close its stdin: it finishes a run left unfinished as failed, shuts W&B down and exits."""
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()
+
+
+_wandb_process: Optional[WandbProcess] = None
 
 
 def prepare_wandb(mode: Optional[WandbMode]) -> None:
-    """Import W&B and start its service process on a thread; call it before torch is imported.
-
-    Measured on a 2-core CPU: W&B then adds ~0.5 s to a run's start-up instead of ~1.2 s. wandb.init
-    imports W&B Launch on every call (wandb 0.31), 0.15 s before torch is imported and 0.6 s after
-    (pydantic looks up its models' docstrings through a walk of sys.modules, which torch fills); and
-    W&B's service process boots while torch is being imported instead of after.
-    """
-    global _wandb_setup
-    if _wandb_setup is not None or resolve_wandb_mode(mode) == "disabled":
+    """Start the W&B process unless the mode is disabled; call it before torch is imported."""
+    global _wandb_process
+    if (_wandb_process is not None and _wandb_process.alive()) or resolve_wandb_mode(mode) == "disabled":
         return
-    import wandb
+    _wandb_process = WandbProcess()
+    atexit.register(_wandb_process.close)
 
-    with contextlib.suppress(ImportError):  # a private module: only the import's timing is at stake
-        import wandb.sdk.launch.inputs.internal  # noqa: F401
 
-    def setup() -> None:
-        try:
-            wandb.setup()
-        except Exception:  # wandb.init starts the service again and reports what goes wrong
-            log.debug("starting the W&B service ahead of wandb.init failed", exc_info=True)
+class WandbRun:
+    """A W&B run kept by the W&B process; commands return at once, except ``wait_started`` and ``finish``."""
 
-    _wandb_setup = threading.Thread(target=setup, name="wandb-setup")
-    _wandb_setup.start()
+    def __init__(self, process: WandbProcess, mode: str, **init_kwargs: Any):
+        self._process = process
+        self._started: Optional[bool] = None  # None until the process answers the init
+        self._error: Optional[str] = None
+        if not process.send("init", mode=mode, **init_kwargs):
+            self._started, self._error = False, "the W&B process ended unexpectedly (its messages are above)"
+
+    def wait_started(self) -> None:
+        """Wait until the run has started; raise UserError with W&B's reason when it could not."""
+        if self._started is None:
+            answer = self._process.answer()
+            self._started, self._error = answer["ok"], answer.get("error")
+        if not self._started:
+            if self._error == NO_CREDENTIALS:
+                raise UserError(NO_CREDENTIALS_MESSAGE)
+            raise UserError(f"W&B could not start the run: {self._error}; logger=none trains without W&B")
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        """Log one row of metrics at ``step``."""
+        self._process.send("log", row=row, step=step)
+
+    def log_weights(self, path: Path, artifact_name: str) -> None:
+        """Upload a weights file as a model artifact."""
+        self._process.send("artifact", path=str(path.resolve()), name=artifact_name)
+
+    def finish(self, summary: dict[str, Any], exit_code: int) -> None:
+        """Set the run's summary and finish it, marked failed when ``exit_code`` is not 0; wait until it is done."""
+        with contextlib.suppress(UserError):  # a run that never started has nothing to finish
+            self.wait_started()
+        if not self._started:
+            return
+        answer = self._process.answer() if self._process.send("finish", summary=summary, exit_code=exit_code) else {}
+        if not answer.get("ok"):
+            log.warning("W&B could not finish the run: %s", answer.get("error", "the W&B process has ended"))
 
 
 def start_wandb(
     cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], group: Optional[str], name: Optional[str]
-) -> Any:
-    """Start a W&B run whose files live in ``run_dir``; fail fast when online without credentials."""
-    import wandb
+) -> Optional[WandbRun]:
+    """Start a W&B run whose files live in ``run_dir``, or None when the mode is disabled.
 
-    if _wandb_setup is not None:
-        _wandb_setup.join()
+    Returns before the run has started: ``WandbRun.wait_started`` fails fast when it cannot (online without
+    credentials), so the caller can load data meanwhile.
+    """
     mode = resolve_wandb_mode(cfg.mode)
-    # W&B's own settings read $WANDB_MODE; make them agree with logger.mode for this run only, so
-    # the next job of a sweep in this process resolves its mode from the user's environment again
-    previous = os.environ.get("WANDB_MODE")
-    os.environ["WANDB_MODE"] = mode
-    try:
-        if mode == "online" and not wandb.login(prompt=False, verify=False):
-            raise UserError(
-                "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "
-                "or set WANDB_API_KEY, or log offline with logger.mode=offline and `wandb sync` later"
-            )
-        return wandb.init(
-            dir=str(run_dir),
-            mode=mode,
-            project=cfg.project,
-            entity=cfg.entity,
-            group=cfg.group or group,
-            name=cfg.name or name,
-            tags=list(cfg.tags) or None,
-            config=config,
-            reinit="finish_previous",  # a previous job of the sweep in this process must never leak in
-            settings=wandb.Settings(console="off", silent=True),
-        )
-    finally:
-        if previous is None:
-            os.environ.pop("WANDB_MODE", None)
-        else:
-            os.environ["WANDB_MODE"] = previous
+    if mode == "disabled":
+        return None
+    prepare_wandb(cfg.mode)
+    assert _wandb_process is not None
+    return WandbRun(
+        _wandb_process, mode, dir=str(run_dir.resolve()), project=cfg.project, entity=cfg.entity,
+        group=cfg.group or group, name=cfg.name or name, tags=list(cfg.tags) or None, config=config,
+    )  # fmt: skip
 
 
 class Tracker:
     """Records one run: metrics and summary files in its dir, mirrored to a W&B run if given."""
 
-    def __init__(self, run_dir: Path, wandb_run: Any = None):
+    def __init__(self, run_dir: Path, wandb_run: Optional[WandbRun] = None):
         self.run_dir = run_dir
         self.wandb_run = wandb_run
 
@@ -162,21 +216,13 @@ class Tracker:
 
     def log_weights(self, path: Path, artifact_name: str) -> None:
         """Upload the weights file as a W&B model artifact."""
-        if self.wandb_run is None:
-            return
-        import wandb
-
-        artifact = wandb.Artifact(artifact_name, type="model")
-        artifact.add_file(str(path))
-        self.wandb_run.log_artifact(artifact)
+        if self.wandb_run is not None:
+            self.wandb_run.log_weights(path, artifact_name)
 
     def finish(self, summary: dict[str, Any], exit_code: int) -> None:
         """Write summary.json and finish the W&B run, marked failed when ``exit_code`` is not 0."""
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         if self.wandb_run is not None:
-            try:
-                keys = ("status", "final_test_acc", "best_test_acc", "best_epoch", "num_params", "wall_seconds")
-                self.wandb_run.summary.update({k: summary[k] for k in keys if summary.get(k) is not None})
-            finally:
-                self.wandb_run.finish(exit_code=exit_code)
-                self.wandb_run = None
+            keys = ("status", "final_test_acc", "best_test_acc", "best_epoch", "num_params", "wall_seconds")
+            wandb_run, self.wandb_run = self.wandb_run, None
+            wandb_run.finish({k: summary[k] for k in keys if summary.get(k) is not None}, exit_code)

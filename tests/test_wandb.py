@@ -1,12 +1,14 @@
 """Weights & Biases logging, read back from offline runs: no network, no account."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import read_json, read_jsonl, run_train
+from conftest import REPO, read_json, read_jsonl, run_train
 from wandb_records import OfflineRun
 
 SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu"]
@@ -73,14 +75,62 @@ def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypa
     assert resolve_wandb_mode(None) == expected
 
 
-def test_a_jobs_mode_does_not_leak_into_the_next_job(tmp_path, monkeypatch):
+def test_disabled_starts_no_run_and_a_run_leaves_the_environment_alone(tmp_path, monkeypatch):
     from lenet.config import LoggerConfig, WandbMode
     from lenet.tracking import start_wandb
 
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.disabled), tmp_path, {}, None, None)
-    run.finish()
-    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert start_wandb(LoggerConfig(backend="wandb"), tmp_path, {}, None, None) is None
+    monkeypatch.delenv("WANDB_MODE")
+    run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.offline), tmp_path, {"lr": 0.1}, None, "first")
+    run.wait_started()
+    run.log({"test_acc": 0.25}, step=1)
+    run.finish({"final_test_acc": 0.25}, exit_code=0)
+    assert "WANDB_MODE" not in os.environ  # the mode is the W&B process's business, not the next job's
+    wb = OfflineRun(tmp_path)
+    assert wb.config["lr"] == 0.1 and wb.run.display_name == "first" and wb.history[0]["test_acc"] == 0.25
+    assert wb.summary["final_test_acc"] == 0.25 and wb.exit_code == 0
+
+
+def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_path):
+    args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=5", "hydra.run.dir=run"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # a session of its own, so that the test can signal the whole process group as a terminal's Ctrl-C does
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # the W&B process gets it too, and must outlive it
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 5
+    wb = OfflineRun(tmp_path / "run")
+    assert len(wb.history) == summary["epochs_completed"] and wb.exit_code == 130
+    assert wb.summary["status"] == "interrupted"
+
+
+DIES = """
+import os
+from pathlib import Path
+from lenet.config import LoggerConfig, WandbMode
+from lenet.tracking import start_wandb
+Path("run").mkdir()
+run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.offline), Path("run"), {}, None, None)
+run.wait_started()
+run.log({"test_acc": 0.5}, step=1)
+os._exit(0)  # no finish, no atexit: as if the training process were killed
+"""
+
+
+def test_the_wandb_process_finishes_the_run_as_failed_when_the_training_process_dies(tmp_path):
+    # returns once every process holding the captured stderr has exited, the W&B process included
+    result = subprocess.run([sys.executable, "-c", DIES], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    wb = OfflineRun(tmp_path / "run")
+    assert wb.exit_code == 1 and [row["test_acc"] for row in wb.history] == [0.5]
 
 
 PREPARE = """
@@ -89,8 +139,6 @@ import sys
 from lenet.config import WandbMode
 from lenet import tracking
 tracking.prepare_wandb(MODE)
-if tracking._wandb_setup is not None:
-    tracking._wandb_setup.join()
 def parent(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -103,10 +151,23 @@ print(bool(children), "torch" in sys.modules, "wandb" in sys.modules)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads child processes from /proc")
-@pytest.mark.parametrize("mode,expected", [("None", "True False True"), ("WandbMode.disabled", "False False False")])
-def test_prepare_wandb_starts_its_service_without_torch_unless_disabled(tmp_path, mode, expected):
+@pytest.mark.parametrize("mode,expected", [("None", "True False False"), ("WandbMode.disabled", "False False False")])
+def test_prepare_wandb_starts_the_wandb_process_and_imports_neither_wandb_nor_torch(tmp_path, mode, expected):
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     script = PREPARE.replace("MODE", mode)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == expected  # W&B's service process started; torch, W&B imported
+    assert result.stdout.splitlines()[-1] == expected  # the W&B process started; torch, W&B not imported here
+
+
+def test_a_wandb_process_that_ended_fails_the_run_with_a_message_and_finish_returns(tmp_path):
+    from lenet.errors import UserError
+    from lenet.tracking import WandbProcess, WandbRun
+
+    process = WandbProcess()
+    process.close()  # it exits, as it would after a crash
+    process._process.wait(timeout=60)
+    run = WandbRun(process, "offline", dir=str(tmp_path))
+    with pytest.raises(UserError, match="W&B could not start the run: the W&B process ended unexpectedly"):
+        run.wait_started()
+    run.finish({"status": "failed"}, exit_code=1)  # nothing to finish: returns without raising

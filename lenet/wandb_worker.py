@@ -25,10 +25,12 @@ NO_CREDENTIALS = "no-credentials"
 
 def main() -> None:
     """Serve commands from stdin until it closes."""
-    # a terminal's Ctrl-C or a scheduler's SIGTERM reaches the whole process group: the training process
-    # stops at a step boundary and then finishes the run through us, so we must outlive the signal
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    # Signals meant for the job reach every process of it (a terminal's Ctrl-C, SLURM's SIGTERM or the
+    # SIGUSR2 that submitit asks for before a time limit): the training process stops at a step boundary
+    # and finishes the run through us, so we outlive them and exit when its pipe closes.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):  # not all exist on every platform
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 

@@ -1,4 +1,4 @@
-"""Weights & Biases in a process of its own, driven by ``lenet.tracking.WandbClient``.
+"""Weights & Biases in a process of its own, driven by ``lenet.tracking`` (WandbProcess, WandbRun).
 
 Why a process: importing W&B takes ~0.55 s of one core (measured on a 2-core CPU). Started before
 torch is imported, this process imports W&B on the other core while the training process imports

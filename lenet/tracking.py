@@ -72,6 +72,7 @@ def resolve_wandb_mode(mode: Optional[WandbMode]) -> str:
     return os.environ.get("WANDB_MODE") or "offline"
 
 
+PROCESS_ENDED = "the W&B process ended unexpectedly (its messages are above)"
 NO_CREDENTIALS_MESSAGE = (
     "logger.mode=online needs W&B credentials and none are configured: run `wandb login` "
     "or set WANDB_API_KEY, or log offline with logger.mode=offline and `wandb sync` later"
@@ -98,21 +99,16 @@ class WandbProcess:
         """Whether the process still runs."""
         return self._process.poll() is None
 
-    def send(self, op: str, **fields: Any) -> bool:
-        """Send one command; False when the process has ended."""
-        try:
+    def send(self, op: str, **fields: Any) -> None:
+        """Send one command; one the process can no longer take is dropped (``answer`` then says it ended)."""
+        with contextlib.suppress(BrokenPipeError, ValueError):  # ValueError: stdin already closed
             self._process.stdin.write(json.dumps({"op": op, **fields}, default=str) + "\n")
             self._process.stdin.flush()
-            return True
-        except (BrokenPipeError, ValueError):  # ValueError: stdin already closed
-            return False
 
     def answer(self) -> dict[str, Any]:
         """Wait for the answer to an ``init`` or ``finish`` command."""
         line = self._process.stdout.readline()
-        if not line:
-            return {"ok": False, "error": "the W&B process ended unexpectedly (its messages are above)"}
-        return json.loads(line)
+        return json.loads(line) if line else {"ok": False, "error": PROCESS_ENDED}
 
     def close(self) -> None:
         """Close its stdin: it finishes a run left unfinished as failed, shuts W&B down and exits."""
@@ -137,20 +133,18 @@ class WandbRun:
 
     def __init__(self, process: WandbProcess, mode: str, **init_kwargs: Any):
         self._process = process
-        self._started: Optional[bool] = None  # None until the process answers the init
-        self._error: Optional[str] = None
-        if not process.send("init", mode=mode, **init_kwargs):
-            self._started, self._error = False, "the W&B process ended unexpectedly (its messages are above)"
+        self._init_answer: Optional[dict[str, Any]] = None  # read by the first wait_started
+        process.send("init", mode=mode, **init_kwargs)
 
     def wait_started(self) -> None:
         """Wait until the run has started; raise UserError with W&B's reason when it could not."""
-        if self._started is None:
-            answer = self._process.answer()
-            self._started, self._error = answer["ok"], answer.get("error")
-        if not self._started:
-            if self._error == NO_CREDENTIALS:
-                raise UserError(NO_CREDENTIALS_MESSAGE)
-            raise UserError(f"W&B could not start the run: {self._error}; logger=none trains without W&B")
+        if self._init_answer is None:
+            self._init_answer = self._process.answer()
+        error = self._init_answer.get("error")
+        if error == NO_CREDENTIALS:
+            raise UserError(NO_CREDENTIALS_MESSAGE)
+        if not self._init_answer["ok"]:
+            raise UserError(f"W&B could not start the run: {error}; logger=none trains without W&B")
 
     def log(self, row: dict[str, Any], step: int) -> None:
         """Log one row of metrics at ``step``."""
@@ -164,11 +158,12 @@ class WandbRun:
         """Set the run's summary and finish it, marked failed when ``exit_code`` is not 0; wait until it is done."""
         with contextlib.suppress(UserError):  # a run that never started has nothing to finish
             self.wait_started()
-        if not self._started:
+        if not self._init_answer["ok"]:
             return
-        answer = self._process.answer() if self._process.send("finish", summary=summary, exit_code=exit_code) else {}
-        if not answer.get("ok"):
-            log.warning("W&B could not finish the run: %s", answer.get("error", "the W&B process has ended"))
+        self._process.send("finish", summary=summary, exit_code=exit_code)
+        answer = self._process.answer()
+        if not answer["ok"]:
+            log.warning("W&B could not finish the run: %s", answer["error"])
 
 
 def start_wandb(

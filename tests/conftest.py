@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,13 @@ def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 1
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def wait_for_first_epoch(metrics: Path, timeout: float = 120) -> None:
+    """Poll until a running job's metrics.jsonl holds an epoch (it is rewritten whole, never half a line)."""
+    deadline = time.time() + timeout
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def read_json(path: Path) -> dict:

@@ -4,14 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 from lenet.compare import compare
 
-from conftest import REPO, read_json, read_jsonl, run_train
+from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
 from wandb_records import OfflineRun
 
 SYNTHETIC = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
@@ -66,9 +65,7 @@ def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
     env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "WANDB_MODE": "offline"}  # as submitit runs a job
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "job" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.is_file() and metrics.read_text()) and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_first_epoch(metrics)
     proc.send_signal(signal.SIGKILL)  # pre-empted without warning
     proc.wait(timeout=60)
     done_before = len(read_jsonl(metrics))

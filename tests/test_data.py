@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 import lenet.data as data
-from lenet.data import load_dataset, locate_raw, make_synthetic, preprocess, read_idx, resize_matrix
+from lenet.data import (
+    PREPROCESS_CHUNK,
+    load_dataset,
+    locate_raw,
+    make_synthetic,
+    preprocess,
+    read_idx,
+    resize_matrix,
+)
 from lenet.errors import DataError
 
 from conftest import REAL_DATA, write_idx, write_mnist
@@ -81,6 +89,15 @@ def test_preprocess_pads_like_the_paper_or_resizes_like_torchvision():
     assert padded[0, 0, 2:30, 2:30].eq(1).all() and padded[0, 0, :2].eq(0).all() and padded[0, 0, :, 30:].eq(0).all()
     resized = preprocess(images, "resize", mean=0.5, std=0.5, device=CPU)
     assert resized.shape == (2, 1, 32, 32) and torch.allclose(resized, torch.ones_like(resized))
+
+
+def test_preprocessing_in_chunks_gives_the_bits_of_whole_set_passes():
+    images, _ = make_synthetic(2 * PREPROCESS_CHUNK + 7, seed=4)
+    x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
+    resized = (resize_matrix(28, 32) @ x @ resize_matrix(28, 32).t()).sub_(0.1307).div_(0.3081)
+    assert torch.equal(preprocess(images, "resize", 0.1307, 0.3081, CPU), resized)
+    padded = F.pad(x, (2, 2, 2, 2)).sub_(0.1307).div_(0.3081)
+    assert torch.equal(preprocess(images, "pad", 0.1307, 0.3081, CPU), padded)
 
 
 def test_resize_matches_torchvision_resize_on_pil_images():

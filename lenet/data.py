@@ -223,8 +223,8 @@ def preprocess(images: np.ndarray, resize: str, mean: float, std: float, device:
     else:
         raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
     out = torch.empty(len(pixels), 1, IMAGE_SIDE, IMAGE_SIDE, device=device)
-    # a chunk at a time, so that the intermediates stay in cache: the same bits as whole-set passes, 1.5-1.9x
-    # faster (MNIST's training set: resize 0.30-0.38 s -> 0.16-0.25 s, pad 0.19-0.21 s -> 0.11-0.16 s)
+    # a chunk at a time into the final tensor: the same bits as whole-set passes, whose ~700 MB of intermediates
+    # a fresh process paid for page by page (loading MNIST in train.py: 0.5-1.5 s -> 0.25-0.4 s)
     for start in range(0, len(pixels), PREPROCESS_CHUNK):
         chunk = pixels[start : start + PREPROCESS_CHUNK].float().div_(255.0)
         out[start : start + PREPROCESS_CHUNK] = transform(chunk).sub_(mean).div_(std)

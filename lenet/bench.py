@@ -343,6 +343,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     device = torch.device(args.device)
     root = args.root.resolve()
     if args.mode == "reference":
+        if args.logger == "wandb" and args.wandb_dir is None:
+            parser.error("reference mode logs to W&B with --wandb-dir FOLDER")
         accuracy = reference_run(root, args.epochs, args.batch_size, device, args.workers, args.seed, args.wandb_dir)
         print(json.dumps({"final_test_acc": accuracy}))
         return

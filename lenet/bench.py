@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from lenet.data import load_dataset
 from lenet.engine import train_one_epoch
 from lenet.models import create_model
-from lenet.optim import Adam
+from lenet.optim import build_optimizer
 from lenet.tracking import read_summary
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -184,13 +184,13 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
     setup_seconds = time.perf_counter() - setup_start
     torch.manual_seed(0)
     model = create_model("lenet5").to(device, memory_format=torch.channels_last)  # as train.py builds it
-    optimizer = Adam(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(model, {"_target_": "torch.optim.Adam", "lr": 1e-3}, device)  # as train.py builds it
     generator = torch.Generator().manual_seed(0)
     chunk = steps * batch_size
 
     def harness_steps(offset: int) -> int:
         images, labels = train.images[offset : offset + chunk], train.labels[offset : offset + chunk]
-        train_one_epoch(model, model.loss, optimizer, lambda step: 1e-3, images, labels, batch_size, generator)
+        train_one_epoch(model, model.loss, optimizer, images, labels, batch_size, generator)
         return len(labels)
 
     if warmup:

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from lenet.errors import ConfigError
-from lenet.optim import Optimizer
 from lenet.tracking import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -18,7 +17,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def save_checkpoint(
     path: Path,
     model: nn.Module,
-    optimizer: Optimizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
     generator: torch.Generator,
     history: list[dict[str, Any]],
     config: dict[str, Any],
@@ -28,6 +28,7 @@ def save_checkpoint(
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "rng": rng_state(generator),
         "history": history,
         "config": config,
@@ -41,8 +42,8 @@ def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
     """The state saved at ``path``, or None when there is no checkpoint."""
     if not path.is_file():
         return None
-    # our own file, holding optimizer states and RNG tensors besides weights
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # tensors, numbers, strings and containers only: a crafted file cannot run code when it is read
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -83,7 +84,8 @@ def restore(
     config: dict[str, Any],
     ignore: tuple[str, ...],
     model: nn.Module,
-    optimizer: Optimizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
     generator: torch.Generator,
 ) -> tuple[list[dict[str, Any]], float]:
     """Load a checkpoint's states into the training objects; return its history and wall seconds.
@@ -98,8 +100,11 @@ def restore(
         )
     model.load_state_dict(checkpoint["model"])
     try:
-        optimizer.load_state_dict(checkpoint["optimizer"])  # its step count also places the lr schedule
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"cannot resume from {path}: its optimizer state does not fit ({e}); start a new run dir")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])  # its step count places the lr schedule
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(
+            f"cannot resume from {path}: its optimizer or scheduler state does not fit ({e}); start a new run dir"
+        ) from None
     set_rng_state(checkpoint["rng"], generator)
     return checkpoint["history"], checkpoint["wall_seconds"]

@@ -1,8 +1,10 @@
 """The typed config: dataclasses registered in Hydra's ConfigStore as the schema of every group.
 
-The YAML files in ``conf/`` hold the values and extend the ``base_*`` nodes stored here (Hydra's
+The YAML files in ``conf/`` hold the values and extend the ``schema_*`` nodes stored here (Hydra's
 structured-config example 5.1), so an unknown key or a wrong type fails before any work is done.
-Ranges that a type cannot express are checked by ``validate``.
+Ranges that a type cannot express are checked by ``validate``. The optimizer and scheduler are
+pluggable: their options name a ``_target_`` and carry that callable's own arguments, which the
+callable itself checks when it is built.
 """
 
 from __future__ import annotations
@@ -40,55 +42,6 @@ class WandbMode(Enum):
 class ModelConfig:
     name: str = MISSING  # a name from lenet.models.list_models()
     pooling: str = MISSING  # a name from lenet.models.list_poolings(); the pooling group sets it
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = MISSING  # sgd | adam | adamw
-    lr: float = MISSING  # learning rate; the peak for onecycle
-    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
-
-
-@dataclass
-class SGDConfig(OptimizerConfig):
-    momentum: float = 0.9  # [0, 1)
-    nesterov: bool = True
-
-
-@dataclass
-class AdamConfig(OptimizerConfig):
-    beta1: float = 0.9  # [0, 1)
-    beta2: float = 0.999  # [0, 1)
-    eps: float = 1e-8
-
-
-@dataclass
-class AdamWConfig(AdamConfig):
-    pass
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = MISSING  # none | step | cosine | onecycle
-
-
-@dataclass
-class StepConfig(SchedulerConfig):
-    step_epochs: int = 4  # multiply lr by gamma every this many epochs
-    gamma: float = 0.1  # (0, 1]
-
-
-@dataclass
-class CosineConfig(SchedulerConfig):
-    warmup_epochs: float = 0.0  # linear warm-up from 0, then cosine decay over the rest
-    min_lr: float = 0.0  # lr at the end of training
-
-
-@dataclass
-class OneCycleConfig(SchedulerConfig):
-    pct_start: float = 0.25  # (0, 1): fraction of steps spent warming up
-    div_factor: float = 25.0  # initial lr = lr / div_factor
-    final_div_factor: float = 1e4  # final lr = initial lr / final_div_factor
 
 
 @dataclass
@@ -136,8 +89,9 @@ class TrainerConfig:
 @dataclass
 class Config:
     model: ModelConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
-    scheduler: SchedulerConfig = MISSING
+    # pluggable: each option carries its own arguments beside its _target_ (lenet/optim.py builds them)
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
     data: DataConfig = MISSING
     device: DeviceConfig = MISSING
     logger: LoggerConfig = MISSING
@@ -145,18 +99,13 @@ class Config:
     seed: int = 0
 
 
-_GROUP_SCHEMAS: dict[str, dict[str, Any]] = {
-    "model": {"base_model": ModelConfig},
-    "optimizer": {"base_sgd": SGDConfig, "base_adam": AdamConfig, "base_adamw": AdamWConfig},
-    "scheduler": {
-        "base_none": SchedulerConfig,
-        "base_step": StepConfig,
-        "base_cosine": CosineConfig,
-        "base_onecycle": OneCycleConfig,
-    },
-    "data": {"base_data": DataConfig},
-    "device": {"base_device": DeviceConfig},
-    "logger": {"base_logger": LoggerConfig},
+# the schema of each typed group, stored outside the groups so that `--help` lists only options to choose;
+# an option extends its schema with `- /schema_<group>@_here_` in its defaults list
+_GROUP_SCHEMAS: dict[str, Any] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "device": DeviceConfig,
+    "logger": LoggerConfig,
 }
 
 
@@ -164,9 +113,8 @@ def register_configs() -> None:
     """Store the schema nodes in Hydra's ConfigStore; call before composing."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for group, nodes in _GROUP_SCHEMAS.items():
-        for name, node in nodes.items():
-            cs.store(group=group, name=name, node=node)
+    for group, node in _GROUP_SCHEMAS.items():
+        cs.store(name=f"schema_{group}", node=node)
 
 
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -180,34 +128,7 @@ def _positive(value: float) -> bool:
 
 def validate(cfg: Config) -> None:
     """Check the ranges a type cannot express; raise ConfigError naming the key."""
-    opt, trainer = cfg.optimizer, cfg.trainer
-    _require(_positive(opt.lr), "optimizer.lr", "a finite number > 0", opt.lr)
-    _require(
-        math.isfinite(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", ">= 0", opt.weight_decay
-    )
-    if isinstance(opt, SGDConfig):
-        _require(0 <= opt.momentum < 1, "optimizer.momentum", "in [0, 1)", opt.momentum)
-        _require(not opt.nesterov or opt.momentum > 0, "optimizer.nesterov", "false when momentum is 0", opt.nesterov)
-    if isinstance(opt, AdamConfig):
-        _require(0 <= opt.beta1 < 1, "optimizer.beta1", "in [0, 1)", opt.beta1)
-        _require(0 <= opt.beta2 < 1, "optimizer.beta2", "in [0, 1)", opt.beta2)
-        _require(_positive(opt.eps), "optimizer.eps", "a finite number > 0", opt.eps)
-    sched = cfg.scheduler
-    if isinstance(sched, StepConfig):
-        _require(sched.step_epochs >= 1, "scheduler.step_epochs", ">= 1", sched.step_epochs)
-        _require(0 < sched.gamma <= 1, "scheduler.gamma", "in (0, 1]", sched.gamma)
-    if isinstance(sched, CosineConfig):
-        _require(
-            0 <= sched.warmup_epochs < trainer.epochs,
-            "scheduler.warmup_epochs",
-            "in [0, trainer.epochs)",
-            sched.warmup_epochs,
-        )
-        _require(0 <= sched.min_lr < opt.lr, "scheduler.min_lr", "in [0, optimizer.lr)", sched.min_lr)
-    if isinstance(sched, OneCycleConfig):
-        _require(0 < sched.pct_start < 1, "scheduler.pct_start", "in (0, 1)", sched.pct_start)
-        _require(_positive(sched.div_factor), "scheduler.div_factor", "> 0", sched.div_factor)
-        _require(_positive(sched.final_div_factor), "scheduler.final_div_factor", "> 0", sched.final_div_factor)
+    trainer = cfg.trainer
     _require(trainer.epochs >= 1, "trainer.epochs", ">= 1", trainer.epochs)
     _require(trainer.batch_size >= 1, "trainer.batch_size", ">= 1", trainer.batch_size)
     _require(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", ">= 1", trainer.eval_batch_size)

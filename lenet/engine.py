@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from lenet.errors import Interrupted
-from lenet.optim import Optimizer, Schedule
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -26,12 +25,12 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 def train_one_epoch(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
-    optimizer: Optimizer,
-    lr_at: Schedule,
+    optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
     bf16: bool = False,
     progress: bool = False,
     stop_requested: Callable[[], Optional[str]] = lambda: None,
@@ -39,7 +38,8 @@ def train_one_epoch(
 ) -> float:
     """Train for one pass over ``images`` in a shuffled order drawn from ``generator``; mean loss.
 
-    The lr of each step is ``lr_at(optimizer.steps)``: the schedule counts steps over the whole run.
+    ``scheduler``, if given, steps after every optimizer step. The step goes through a closure, so
+    optimizers that evaluate the loss several times per step (LBFGS) work as well.
     """
     model.train()
     n = len(labels)
@@ -56,12 +56,17 @@ def train_one_epoch(
             raise Interrupted(signal_name)
         index = order[start : start + batch_size]
         x, y = images.index_select(0, index), labels.index_select(0, index)  # 3x faster than images[index] here
-        with autocast(images.device, bf16):
-            loss = loss_fn(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.lr = lr_at(optimizer.steps)
-        optimizer.step()
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with autocast(images.device, bf16):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            return loss
+
+        loss = optimizer.step(closure)
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.detach().float() * len(index)
     return loss_sum.item() / n
 

@@ -1,169 +1,100 @@
-"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules built from their config nodes.
+"""The training recipe from config: a ``torch.optim`` optimizer and a ``torch.optim.lr_scheduler`` scheduler.
 
-The optimizers do torch.optim's arithmetic, op for op, so results match torch.optim bit for bit
-(tests check it), with one foreach kernel per op for all parameters. They are our own because
-torch.optim imports torch._dynamo on first use: 1.3 s of start-up plus 0.9 s of interpreter exit
-measured here, in runs of a few seconds per epoch. A schedule is a function from the step number
-to the lr, so resuming needs no scheduler state: the optimizer counts the steps.
+Both groups name their class with ``_target_`` and carry its own arguments (Hydra's ``_partial_``
+pattern, as in lightning-hydra-template); the harness adds the model's parameters and the run's
+length. A model may offer parameter groups, nanoGPT-style, through a ``parameter_groups()`` method.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
+from torch import nn
 
-from lenet.config import AdamConfig, AdamWConfig, CosineConfig, OneCycleConfig, OptimizerConfig, SGDConfig, StepConfig
-from lenet.config import SchedulerConfig
+from lenet.errors import ConfigError
+from lenet.factory import accepted_arguments, bind, call
 
-Schedule = Callable[[int], float]  # step number (0 = the first step) -> lr
-
-
-class Optimizer:
-    """What the training loop uses: ``lr``, ``steps`` taken, ``zero_grad``, ``step`` and a state dict."""
-
-    buffer_names: tuple[str, ...] = ()
-
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float):
-        self.params = [p for p in params if p.requires_grad]
-        self.lr = lr
-        self.steps = 0
-        self.buffers = {name: [torch.zeros_like(p) for p in self.params] for name in self.buffer_names}
-
-    def zero_grad(self) -> None:
-        """Drop the gradients (the next backward pass allocates fresh ones, as torch's set_to_none)."""
-        for p in self.params:
-            p.grad = None
-
-    def _grads(self) -> list[torch.Tensor]:
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):  # every parameter of our models gets a gradient at every step
-            raise RuntimeError(f"{type(self).__name__}.step() called with a parameter that has no gradient")
-        return grads
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """Update the parameters from their gradients, with the current ``lr``."""
-        self.steps += 1
-        self._update(self._grads())
-
-    def _update(self, grads: list[torch.Tensor]) -> None:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: lr, steps taken and the per-parameter buffers."""
-        return {"type": type(self).__name__, "lr": self.lr, "steps": self.steps, "buffers": self.buffers}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from what ``state_dict`` returned (of an optimizer of the same type and parameters)."""
-        if state.get("type") != type(self).__name__:
-            raise ValueError(f"optimizer state of {state.get('type')!r} cannot be loaded into {type(self).__name__}")
-        self.lr, self.steps = state["lr"], state["steps"]
-        for name, saved in state["buffers"].items():
-            for buffer, value in zip(self.buffers[name], saved, strict=True):
-                buffer.copy_(value)
+# keys of a scheduler node that tell the harness how to drive it; the rest are the scheduler's arguments
+SCHEDULER_KEYS = ("interval", "monitor")
+INTERVALS = ("step", "epoch")
 
 
-class SGD(Optimizer):
-    """SGD with momentum, Nesterov momentum and L2 weight decay, as torch.optim.SGD (dampening 0)."""
-
-    buffer_names = ("momentum",)
-
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0):  # fmt: skip
-        super().__init__(params, lr)
-        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
-
-    def _update(self, grads: list[torch.Tensor]) -> None:
-        if self.weight_decay != 0:
-            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-        if self.momentum != 0:
-            momentum = self.buffers["momentum"]
-            if self.steps == 1:  # torch starts the buffer as a copy of the first gradient
-                torch._foreach_copy_(momentum, grads)
-            else:
-                torch._foreach_mul_(momentum, self.momentum)
-                torch._foreach_add_(momentum, grads)
-            if self.nesterov:
-                grads = torch._foreach_add(grads, momentum, alpha=self.momentum)
-            else:
-                grads = momentum
-        torch._foreach_add_(self.params, grads, alpha=-self.lr)
+def optimizer_params(model: nn.Module) -> Iterable[Any]:
+    """The model's own parameter groups when it offers them (``model.parameter_groups()``), else its parameters."""
+    groups = getattr(model, "parameter_groups", None)
+    return groups() if callable(groups) else model.parameters()
 
 
-class Adam(Optimizer):
-    """Adam (Kingma & Ba) with L2 weight decay, as torch.optim.Adam; ``decoupled=True`` is AdamW."""
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer that ``cfg`` names, over ``model``'s parameters.
 
-    buffer_names = ("exp_avg", "exp_avg_sq")
-
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False):  # fmt: skip
-        super().__init__(params, lr)
-        self.betas, self.eps, self.weight_decay, self.decoupled = betas, eps, weight_decay, decoupled
-
-    def _update(self, grads: list[torch.Tensor]) -> None:
-        beta1, beta2 = self.betas
-        exp_avg, exp_avg_sq = self.buffers["exp_avg"], self.buffers["exp_avg_sq"]
-        if self.weight_decay != 0:
-            if self.decoupled:
-                torch._foreach_mul_(self.params, 1 - self.lr * self.weight_decay)
-            else:
-                grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
-        # torch.optim keeps the step count as a float32 tensor and reads it back as a Python float
-        step = float(self.steps)
-        step_size = self.lr / (1 - beta1**step)
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denom, (1 - beta2**step) ** 0.5)
-        torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self.params, exp_avg, denom, -step_size)
+    Unless the config sets ``fused`` or ``foreach``, torch's fused kernel is used where the class
+    and the device have one, else its foreach implementation: the fastest steps torch offers.
+    """
+    lr = cfg.get("lr")
+    if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr > 0):  # torch lets NaN through
+        raise ConfigError(f"optimizer.lr must be a finite number > 0, got {lr!r}")
+    bound = bind(cfg, "optimizer")
+    accepted, _ = accepted_arguments(bound.func)
+    if "fused" in bound.keywords or "foreach" in bound.keywords:
+        choices: list[dict[str, bool]] = [{}]
+    else:
+        choices = [{k: True} for k in ("fused", "foreach") if k in accepted] + [{}]
+    for i, choice in enumerate(choices):
+        try:
+            return call(bound, "optimizer", optimizer_params(model), offered=choice)
+        except RuntimeError:  # torch refuses fused (or foreach) for these parameters or this device
+            if i == len(choices) - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> Optimizer:
-    """The optimizer that ``cfg`` describes."""
-    if isinstance(cfg, SGDConfig):
-        return SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    if isinstance(cfg, AdamConfig):
-        return Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                    decoupled=isinstance(cfg, AdamWConfig))  # fmt: skip
-    raise TypeError(f"no optimizer for {type(cfg).__name__}")
+@dataclass
+class Scheduler:
+    """A torch LR scheduler and when the training loop steps it."""
+
+    scheduler: Any  # a torch.optim.lr_scheduler.LRScheduler or ReduceLROnPlateau
+    interval: str  # step | epoch
+    monitor: Optional[str] = None  # the metrics.jsonl key ReduceLROnPlateau watches
+
+    def step_epoch(self, row: Mapping[str, Any]) -> None:
+        """Step at the end of an epoch, with the watched metric of its ``row`` when the scheduler takes one."""
+        if self.interval != "epoch":
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(row[self.monitor])
+        else:
+            self.scheduler.step()
+
+    @property
+    def per_step(self) -> Optional[Any]:
+        """The scheduler when it steps after every optimizer step, else None."""
+        return self.scheduler if self.interval == "step" else None
 
 
-def _cosine(start: float, end: float, progress: float) -> float:
-    """From ``start`` at progress 0 to ``end`` at progress 1 along half a cosine."""
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int, metrics: list[str]
+) -> Scheduler:
+    """The scheduler that ``cfg`` names, offered the run's length in its own steps (``total_steps``, ...).
 
-
-def build_schedule(cfg: SchedulerConfig, base_lr: float, epochs: int, steps_per_epoch: int) -> Schedule:
-    """The lr at each step of a run of ``epochs * steps_per_epoch`` steps (constant for ``none``)."""
-    total_steps = epochs * steps_per_epoch
-    if isinstance(cfg, StepConfig):
-        step_size = cfg.step_epochs * steps_per_epoch
-        return lambda step: base_lr * cfg.gamma ** (step // step_size)
-    if isinstance(cfg, CosineConfig):
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
-        floor = cfg.min_lr / base_lr
-
-        def cosine(step: int) -> float:
-            if step < warmup:
-                return base_lr * ((step + 1) / warmup)
-            return base_lr * _cosine(1.0, floor, min(1.0, (step - warmup) / max(1, total_steps - warmup)))
-
-        return cosine
-    if isinstance(cfg, OneCycleConfig):
-        # torch's OneCycleLR formulas (cosine, two phases), but also valid for runs of very few steps
-        start, end = 1 / cfg.div_factor, 1 / (cfg.div_factor * cfg.final_div_factor)
-        peak_step = cfg.pct_start * total_steps - 1
-
-        def onecycle(step: int) -> float:
-            if step < peak_step:
-                return base_lr * _cosine(start, 1.0, step / peak_step)
-            return base_lr * _cosine(1.0, end, min(1.0, (step - peak_step) / max(1e-9, total_steps - 1 - peak_step)))
-
-        return onecycle
-    if cfg.name == "none":
-        return lambda step: base_lr
-    raise TypeError(f"no scheduler for {type(cfg).__name__} named {cfg.name!r}")
+    ``metrics`` are the keys of a metrics.jsonl row, one of which ``monitor`` must name for ReduceLROnPlateau.
+    """
+    interval = cfg.get("interval", "step")
+    if interval not in INTERVALS:
+        raise ConfigError(f"scheduler.interval must be step or epoch, got {interval!r}")
+    per_epoch = steps_per_epoch if interval == "step" else 1
+    offered = {"total_steps": epochs * per_epoch, "steps_per_epoch": per_epoch, "epochs": epochs}
+    scheduler = call(bind(cfg, "scheduler", reserved=SCHEDULER_KEYS), "scheduler", optimizer, offered=offered)
+    monitor = cfg.get("monitor")
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if interval != "epoch":
+            raise ConfigError("ReduceLROnPlateau steps once per epoch: set scheduler.interval=epoch")
+        monitor = monitor or "test_loss"
+    if monitor is not None and monitor not in metrics:
+        raise ConfigError(f"scheduler.monitor must be one of {', '.join(metrics)}, got {monitor!r}")
+    if not hasattr(scheduler, "step") or not hasattr(scheduler, "state_dict"):
+        raise ConfigError(f"scheduler._target_={cfg['_target_']} did not build a scheduler (no step/state_dict)")
+    return Scheduler(scheduler, interval, monitor)

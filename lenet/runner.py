@@ -29,11 +29,14 @@ from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
 from lenet.models import create_model, num_params
-from lenet.optim import build_optimizer, build_schedule
-from lenet.sweep import job_label, read_swept_keys
+from lenet.optim import build_optimizer, build_scheduler
+from lenet.sweep import job_label, read_swept_keys, split_override
+from lenet.threads import available_cores, default_num_threads
 from lenet.tracking import Tracker, start_wandb
 
 log = logging.getLogger(__name__)
+
+METRIC_KEYS = ["epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"]  # of each metrics.jsonl row
 
 # keys that may change between a run and its resumption without changing its results
 RESUME_IGNORES = (
@@ -59,6 +62,7 @@ class JobInfo:
     label: str = ""  # what sets this job apart in its sweep, e.g. pooling=avg,seed=1
     parallel_jobs: int = 1  # jobs of the sweep running at once on this machine
     requeueable: bool = False  # run by submitit, which may run it again after a time-out or pre-emption
+    choices: dict[str, Optional[str]] = field(default_factory=dict)  # the option Hydra chose in each group
 
     @classmethod
     def from_hydra(cls) -> "JobInfo":
@@ -69,7 +73,7 @@ class JobInfo:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None) if multirun else None
-        cores = len(os.sched_getaffinity(0))
+        cores = available_cores()
         parallel = 1 if n_jobs is None else (cores if n_jobs < 0 else min(n_jobs, cores))
         return cls(
             run_dir=Path(hc.runtime.output_dir),
@@ -80,7 +84,14 @@ class JobInfo:
             label=job_label(list(hc.overrides.task), read_swept_keys(Path(hc.sweep.dir)) if multirun else None),
             parallel_jobs=max(1, parallel),
             requeueable="SUBMITIT_EXECUTOR" in os.environ,
+            choices=dict(hc.runtime.choices),
         )
+
+    def label_of(self, group: str, node: dict[str, Any]) -> str:
+        """What built ``group``'s component: the option chosen, or the ``_target_`` when the command line set it."""
+        choice = self.choices.get(group)
+        target_overridden = any(split_override(o)[0] == f"{group}._target_" for o in self.overrides)
+        return choice if choice and not target_overridden else str(node.get("_target_"))
 
     @property
     def wandb_group(self) -> Optional[str]:
@@ -135,11 +146,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_num_threads(parallel_jobs: int) -> int:
-    """CPU threads per job so that ``parallel_jobs`` jobs share this machine's cores without oversubscribing."""
-    return max(1, len(os.sched_getaffinity(0)) // parallel_jobs)
-
-
 def _resolve_path(path: str, cwd: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else cwd / p
@@ -183,8 +189,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
-        "model": cfg.model.name, "pooling": cfg.model.pooling, "optimizer": cfg.optimizer.name,
-        "scheduler": cfg.scheduler.name, "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
+        "model": cfg.model.name, "pooling": cfg.model.pooling,
+        "optimizer": job.label_of("optimizer", cfg.optimizer), "scheduler": job.label_of("scheduler", cfg.scheduler),
+        "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
         "num_threads": None,
         "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
@@ -207,19 +214,20 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 # measured). Once per process and before any job's data, so nothing of a job is kept forever.
                 gc.freeze()
 
-            train, test = load_dataset(
-                cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
-                cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
-            )  # fmt: skip
+            # model and optimizer before the data, so that a wrong argument of theirs fails before any work
             torch.manual_seed(cfg.seed)
             model = create_model(cfg.model.name, pooling=cfg.model.pooling).to(device)
             if cfg.trainer.channels_last:  # NHWC: faster convolution and pooling kernels, measured on CPU
                 model = model.to(memory_format=torch.channels_last)
             summary["num_params"] = num_params(model)
             forward = torch.compile(model) if cfg.trainer.compile else model
-            optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+            optimizer = build_optimizer(model, cfg.optimizer, device)
+            train, test = load_dataset(
+                cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
+                cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
+            )  # fmt: skip
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-            lr_at = build_schedule(cfg.scheduler, cfg.optimizer.lr, cfg.trainer.epochs, steps_per_epoch)
+            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, METRIC_KEYS)
             generator = torch.Generator().manual_seed(cfg.seed)
             if tracker.wandb_run is not None:
                 tracker.wandb_run.wait_started()  # W&B started its run while the data loaded
@@ -230,8 +238,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
             if checkpoint is not None:
                 history, elapsed_before = restore(
-                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, generator
-                )
+                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, scheduler.scheduler,
+                    generator,
+                )  # fmt: skip
                 summary["resumed_from_epoch"] = len(history)
                 tracker.replay(history)
                 log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
@@ -248,10 +257,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 if stop():
                     raise Interrupted(stop())
                 epoch_start = time.perf_counter()
-                lr = lr_at(optimizer.steps)  # of the epoch's first step
+                lr = optimizer.param_groups[0]["lr"]  # of the epoch's first step
                 train_loss = train_one_epoch(
-                    forward, model.loss, optimizer, lr_at, train.images, train.labels, cfg.trainer.batch_size,
-                    generator, bf16=bf16, progress=progress, stop_requested=stop,
+                    forward, model.loss, optimizer, train.images, train.labels, cfg.trainer.batch_size, generator,
+                    scheduler=scheduler.per_step, bf16=bf16, progress=progress, stop_requested=stop,
                     desc=f"epoch {epoch}/{cfg.trainer.epochs}",
                 )  # fmt: skip
                 test_loss, test_acc = evaluate(
@@ -267,14 +276,17 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                     bad = train_loss if not math.isfinite(train_loss) else test_loss
                     raise DivergedError(
                         f"the loss became {bad} in epoch {epoch}; "
-                        f"{kept}; lower optimizer.lr (now {cfg.optimizer.lr}) or change the schedule"
+                        f"{kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule"
                     )
                 history.append(
                     {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
                      "lr": lr, "seconds": seconds}
                 )  # fmt: skip
+                scheduler.step_epoch(history[-1])
                 elapsed = elapsed_before + time.perf_counter() - started
-                save_checkpoint(checkpoint_path, model, optimizer, generator, history, config_record, elapsed)
+                save_checkpoint(
+                    checkpoint_path, model, optimizer, scheduler.scheduler, generator, history, config_record, elapsed
+                )
                 tracker.log_epoch(history)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",

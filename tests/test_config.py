@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from lenet.config import Config, Precision, Resize, SGDConfig, register_configs, to_typed
+from lenet.config import Config, Precision, Resize, register_configs, to_typed
 from lenet.errors import ConfigError
 from lenet.models import list_models, list_poolings
 
@@ -25,11 +25,11 @@ def hydra_conf():
 
 def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
     cfg = to_typed(compose("config"))
-    assert isinstance(cfg, Config) and isinstance(cfg.optimizer, SGDConfig)
-    assert (cfg.model.name, cfg.model.pooling, cfg.scheduler.name, cfg.data.name) == (
+    assert isinstance(cfg, Config) and cfg.optimizer["_target_"] == "torch.optim.SGD"
+    assert (cfg.model.name, cfg.model.pooling, cfg.scheduler["_target_"], cfg.data.name) == (
         "lenet5",
         "max",
-        "onecycle",
+        "lenet.schedules.onecycle",
         "mnist",
     )
     assert cfg.trainer.epochs == 10 and cfg.seed == 0 and cfg.data.resize == Resize.pad and cfg.device.name == "auto"
@@ -42,6 +42,10 @@ def test_every_group_option_composes(group, option):
         assert cfg.model.pooling == option
     elif group == "logger":
         assert cfg.logger.backend == option
+    elif group in ("optimizer", "scheduler"):  # pluggable: a _target_ with its own arguments
+        assert compose("config", overrides=[f"{group}={option}"])[group]._target_.rsplit(".", 1)[1].lower() in (
+            option, "constant"
+        )
     else:
         assert getattr(cfg, group).name == option
 
@@ -59,7 +63,7 @@ def test_pooling_choice_lands_in_the_model_config():
 def test_typed_values_and_enums():
     cfg = to_typed(compose("config", overrides=["trainer.precision=bf16", "data.resize=resize", "optimizer=adam"]))
     assert cfg.trainer.precision == Precision.bf16 and cfg.data.resize == Resize.resize
-    assert (cfg.optimizer.beta1, cfg.optimizer.beta2) == (0.9, 0.999)
+    assert cfg.optimizer["betas"] == [0.9, 0.999]
 
 
 @pytest.mark.parametrize(
@@ -90,12 +94,6 @@ def test_option_specific_keys_are_checked_against_that_options_schema():
 @pytest.mark.parametrize(
     "override,key",
     [
-        ("optimizer.lr=0", "optimizer.lr"),
-        ("optimizer.lr=-0.1", "optimizer.lr"),
-        ("optimizer.lr=nan", "optimizer.lr"),
-        ("optimizer.lr=inf", "optimizer.lr"),
-        ("optimizer.momentum=1.0", "optimizer.momentum"),
-        ("optimizer.weight_decay=-1", "optimizer.weight_decay"),
         ("trainer.epochs=0", "trainer.epochs"),
         ("trainer.batch_size=0", "trainer.batch_size"),
         ("trainer.eval_batch_size=-5", "trainer.eval_batch_size"),
@@ -106,15 +104,6 @@ def test_option_specific_keys_are_checked_against_that_options_schema():
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key} must be"):
         to_typed(compose("config", overrides=[override]))
-
-
-def test_scheduler_ranges_are_checked():
-    with pytest.raises(ConfigError, match="scheduler.pct_start"):
-        to_typed(compose("config", overrides=["scheduler.pct_start=1.5"]))
-    with pytest.raises(ConfigError, match="scheduler.gamma"):
-        to_typed(compose("config", overrides=["scheduler=step", "scheduler.gamma=0"]))
-    with pytest.raises(ConfigError, match="scheduler.warmup_epochs"):
-        to_typed(compose("config", overrides=["scheduler=cosine", "scheduler.warmup_epochs=10"]))
 
 
 def test_missing_mandatory_value_is_a_config_error():

@@ -5,12 +5,8 @@ import torch
 
 from lenet.engine import evaluate, train_one_epoch
 from lenet.models import create_model
-from lenet.optim import SGD
 
 from test_reliability import run_in_process
-
-
-CONSTANT = lambda step: 0.01  # noqa: E731
 
 
 def data(n=256, seed=0):
@@ -20,24 +16,36 @@ def data(n=256, seed=0):
 
 def test_an_epoch_reads_back_from_the_device_once(monkeypatch):
     model = create_model("lenet5")
-    optimizer = SGD(model.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     images, labels = data()
     calls = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
-    loss = train_one_epoch(model, model.loss, optimizer, CONSTANT, images, labels, 32, torch.Generator().manual_seed(0))
+    loss = train_one_epoch(model, model.loss, optimizer, images, labels, 32, torch.Generator().manual_seed(0))
     assert len(calls) == 1 and loss > 0  # 8 steps, a single .item() for the epoch's mean loss
 
 
-def test_each_step_takes_the_lr_of_its_number_in_the_run():
+def test_a_per_step_scheduler_steps_after_every_optimizer_step():
     model = create_model("lenet5")
-    optimizer = SGD(model.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     images, labels = data(64)
     asked = []
-    schedule = lambda step: asked.append(step) or 0.01 / (1 + step)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: asked.append(step) or 1 / (1 + step))
     for _ in range(2):
-        train_one_epoch(model, model.loss, optimizer, schedule, images, labels, 16, torch.Generator().manual_seed(0))
-    assert asked == list(range(8)) and optimizer.steps == 8 and optimizer.lr == 0.01 / 8
+        train_one_epoch(model, model.loss, optimizer, images, labels, 16, torch.Generator().manual_seed(0),
+                        scheduler=scheduler)  # fmt: skip
+    assert asked == list(range(9))  # step 0 when built, then after each of the 8 steps
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 9)
+
+
+def test_an_optimizer_that_needs_a_closure_trains():
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+    images, labels = data(64)
+    first = train_one_epoch(model, model.loss, optimizer, images, labels, 64, torch.Generator().manual_seed(0))
+    second = train_one_epoch(model, model.loss, optimizer, images, labels, 64, torch.Generator().manual_seed(0))
+    assert second < first  # LBFGS re-evaluates the loss through the closure within a step
 
 
 def test_mean_loss_and_accuracy_do_not_depend_on_the_eval_batch_size():
@@ -57,10 +65,10 @@ def test_shuffling_follows_the_generator():
     for seed in (0, 0, 1):
         torch.manual_seed(0)
         model = create_model("lenet5")
-        optimizer = SGD(model.parameters(), lr=0.05)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         losses.append(
             train_one_epoch(
-                model, model.loss, optimizer, CONSTANT, images, labels, 16, torch.Generator().manual_seed(seed)
+                model, model.loss, optimizer, images, labels, 16, torch.Generator().manual_seed(seed)
             )
         )
     assert losses[0] == losses[1] and losses[0] != losses[2]
@@ -68,13 +76,13 @@ def test_shuffling_follows_the_generator():
 
 def test_progress_bar_only_when_asked(capsys):
     model = create_model("lenet5")
-    optimizer = SGD(model.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     images, labels = data(64)
     train_one_epoch(
-        model, model.loss, optimizer, CONSTANT, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
+        model, model.loss, optimizer, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
     )
     assert "epoch 1/3" in capsys.readouterr().err
-    train_one_epoch(model, model.loss, optimizer, CONSTANT, images, labels, 16, torch.Generator(), progress=False)
+    train_one_epoch(model, model.loss, optimizer, images, labels, 16, torch.Generator(), progress=False)
     assert capsys.readouterr().err == ""
 
 

@@ -1,171 +1,188 @@
+"""The training recipe from config: torch.optim optimizers and torch LR schedulers by _target_."""
+
 import pytest
 import torch
-import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import OneCycleLR
 
-from lenet.config import AdamConfig, AdamWConfig, CosineConfig, OneCycleConfig, SchedulerConfig, SGDConfig, StepConfig
+from lenet import schedules
+from lenet.errors import ConfigError
 from lenet.models import create_model
-from lenet.optim import SGD, Adam, build_optimizer, build_schedule
+from lenet.optim import build_optimizer, build_scheduler
+
+from conftest import REPO
+
+CPU = torch.device("cpu")
+METRICS = ["epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"]
 
 
-def lrs(cfg, epochs, steps_per_epoch, lr=0.05, after_last=False):
-    lr_at = build_schedule(cfg, lr, epochs, steps_per_epoch)
-    steps = epochs * steps_per_epoch + (1 if after_last else 0)
-    return [lr_at(step) for step in range(steps)]
+def option(group, name):
+    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"))
+
+
+def lrs(make_scheduler, steps, lr=0.05):
+    """The lr of each of ``steps`` steps under the scheduler that ``make_scheduler(optimizer)`` builds."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=lr)
+    scheduler = make_scheduler(optimizer)
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
 
 
 @pytest.mark.parametrize("steps", [5, 10, 469])
 def test_onecycle_follows_torch_onecycle(steps):
-    cfg = OneCycleConfig(name="onecycle")
-    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.05)
-    reference = OneCycleLR(optimizer, 0.05, total_steps=2 * steps, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
-                           final_div_factor=cfg.final_div_factor, cycle_momentum=False)  # fmt: skip
-    expected = []
-    for _ in range(2 * steps):
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        reference.step()
-    assert lrs(cfg, 2, steps) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    expected = lrs(lambda o: OneCycleLR(o, 0.05, total_steps=2 * steps, pct_start=0.25, cycle_momentum=False), 2 * steps)
+    assert lrs(lambda o: schedules.onecycle(o, total_steps=2 * steps), 2 * steps) == pytest.approx(
+        expected, rel=1e-9, abs=1e-15
+    )
 
 
 def test_onecycle_works_where_torch_divides_by_zero():
-    seen = lrs(OneCycleConfig(name="onecycle"), 1, 4)  # pct_start * 4 steps leaves no warm-up step
+    seen = lrs(lambda o: schedules.onecycle(o, total_steps=4), 4)  # pct_start * 4 steps leaves no warm-up step
     assert seen[0] == pytest.approx(0.05) and seen[-1] == pytest.approx(0.05 / 25 / 1e4)
 
 
 def test_cosine_warms_up_then_decays_to_min_lr():
-    seen = lrs(CosineConfig(name="cosine", warmup_epochs=1, min_lr=0.001), 4, 10, after_last=True)
+    seen = lrs(lambda o: schedules.cosine(o, total_steps=40, steps_per_epoch=10, warmup_epochs=1, min_lr=0.001), 41)
     assert seen[0] == pytest.approx(0.005) and seen[9] == pytest.approx(0.05)
     assert max(seen) == pytest.approx(0.05) and seen[-1] == pytest.approx(0.001)
     assert all(a >= b for a, b in zip(seen[10:], seen[11:]))
 
 
 def test_step_multiplies_by_gamma_every_step_epochs():
-    seen = lrs(StepConfig(name="step", step_epochs=2, gamma=0.1), 5, 3)
-    assert (
-        seen[0] == seen[5] == pytest.approx(0.05)
-        and seen[6] == pytest.approx(0.005)
-        and seen[12] == pytest.approx(0.0005)
-    )
+    seen = lrs(lambda o: schedules.step(o, steps_per_epoch=3, step_epochs=2, gamma=0.1), 15)
+    assert seen[0] == seen[5] == pytest.approx(0.05) and seen[6] == pytest.approx(0.005)
+    assert seen[12] == pytest.approx(0.0005)
 
 
-def test_none_keeps_the_lr():
-    assert set(lrs(SchedulerConfig(name="none"), 2, 3)) == {0.05}
+def test_constant_keeps_the_lr():
+    assert set(lrs(schedules.constant, 6)) == {0.05}
 
 
-def test_optimizers_get_their_settings():
-    params = list(torch.nn.Linear(2, 2).parameters())
-    sgd = build_optimizer(params, SGDConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=True, weight_decay=1e-4))
-    assert type(sgd) is SGD and (sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.1, 0.8, True, 1e-4)
-    adam = build_optimizer(params, AdamConfig(name="adam", lr=1e-3, beta2=0.99))
-    assert type(adam) is Adam and adam.betas == (0.9, 0.99) and not adam.decoupled
-    adamw = build_optimizer(params, AdamWConfig(name="adamw", lr=1e-3, weight_decay=0.05))
-    assert type(adamw) is Adam and adamw.decoupled and adamw.weight_decay == 0.05
+@pytest.mark.parametrize(
+    "name,cls,kernel",
+    [
+        ("sgd", torch.optim.SGD, "fused"),
+        ("adam", torch.optim.Adam, "fused"),
+        ("adamw", torch.optim.AdamW, "fused"),
+        ("rmsprop", torch.optim.RMSprop, "foreach"),
+        ("radam", torch.optim.RAdam, "foreach"),
+    ],
+)
+def test_each_optimizer_option_builds_its_torch_class_with_its_values(name, cls, kernel):
+    cfg = option("optimizer", name)
+    optimizer = build_optimizer(create_model("lenet5"), cfg, CPU)
+    assert type(optimizer) is cls and optimizer.defaults[kernel] is True  # the fastest kernel torch has on CPU
+    for key, value in cfg.items():
+        if not key.startswith("_"):
+            expected = tuple(value) if isinstance(value, list) else value
+            assert optimizer.defaults[key] == pytest.approx(expected), key
 
 
-def _train(make_optimizer, lr_at, steps=12, torch_style=False):
-    """A few steps of LeNet-5 (NHWC, as train.py runs it) on fixed random data; the final parameters."""
+def test_fused_and_foreach_set_in_the_config_are_kept():
+    cfg = {**option("optimizer", "adam"), "fused": False}
+    optimizer = build_optimizer(create_model("lenet5"), cfg, CPU)
+    assert optimizer.defaults["fused"] is False and not optimizer.defaults["foreach"]
+
+
+def test_default_sgd_matches_the_previous_hand_written_arithmetic():
+    # fused SGD with Nesterov momentum and weight decay, against the update written out for one parameter
     torch.manual_seed(0)
-    model = create_model("lenet5").to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters())
-    data = torch.Generator().manual_seed(1)
-    for step in range(steps):
-        x = torch.randn(16, 1, 32, 32, generator=data)
-        y = torch.randint(0, 10, (16,), generator=data)
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if torch_style:
-            optimizer.param_groups[0]["lr"] = lr_at(step)
-        else:
-            optimizer.lr = lr_at(step)
+    w = torch.nn.Parameter(torch.randn(5))
+    optimizer = build_optimizer(torch.nn.ParameterList([w]), option("optimizer", "sgd"), CPU)
+    expected, buf = w.detach().clone(), None
+    for step in range(3):
+        grad = torch.randn(5, generator=torch.Generator().manual_seed(step))
+        w.grad = grad.clone()
         optimizer.step()
-    return [p.detach().clone() for p in model.parameters()]
+        g = grad + 5e-4 * expected
+        buf = g.clone() if buf is None else 0.9 * buf + g
+        expected = expected - 0.05 * (g + 0.9 * buf)
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
 
 
-SCHEDULE = build_schedule(OneCycleConfig(name="onecycle"), 0.05, 1, 12)
+class GroupedModel(torch.nn.Module):
+    """A model that asks for no weight decay on its biases, as nanoGPT's configure_optimizers does."""
 
-CASES = {
-    "sgd nesterov wd": (
-        lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
-        lambda p, foreach: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=foreach),
-    ),  # fmt: skip
-    "sgd heavy ball": (
-        lambda p: SGD(p, lr=0.05, momentum=0.8),
-        lambda p, foreach: torch.optim.SGD(p, lr=0.05, momentum=0.8, foreach=foreach),
-    ),
-    "sgd plain": (lambda p: SGD(p, lr=0.05), lambda p, foreach: torch.optim.SGD(p, lr=0.05, foreach=foreach)),
-    "adam wd": (
-        lambda p: Adam(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-3),
-        lambda p, foreach: torch.optim.Adam(
-            p, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-3, foreach=foreach
-        ),
-    ),  # fmt: skip
-    "adamw": (
-        lambda p: Adam(p, lr=0.05, weight_decay=0.05, decoupled=True),
-        lambda p, foreach: torch.optim.AdamW(p, lr=0.05, weight_decay=0.05, foreach=foreach),
-    ),
-}
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def parameter_groups(self):
+        return [{"params": [self.linear.weight]}, {"params": [self.linear.bias], "weight_decay": 0.0}]
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["torch-for-loop", "torch-foreach"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_optimizers_match_torch_optim_bit_for_bit(case, foreach):
-    ours, theirs = CASES[case]
-    expected = _train(lambda p: theirs(p, foreach), SCHEDULE, torch_style=True)
-    got = _train(ours, SCHEDULE)
-    assert not all(torch.equal(a, b) for a, b in zip(got, _train(ours, SCHEDULE, steps=11)))  # the steps do move
-    for a, b in zip(got, expected):
-        assert torch.equal(a, b), (a - b).abs().max()
+def test_a_models_parameter_groups_are_used():
+    optimizer = build_optimizer(GroupedModel(), option("optimizer", "sgd"), CPU)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
 
 
-def test_state_dict_continues_exactly():
-    def run(split):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 3)
-        optimizer = Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
-        data = torch.Generator().manual_seed(2)
-        batches = [(torch.randn(8, 4, generator=data), torch.randint(0, 3, (8,), generator=data)) for _ in range(6)]
-        for i, (x, y) in enumerate(batches):
-            if i == split:  # a fresh optimizer continues from the saved state
-                state = optimizer.state_dict()
-                optimizer = Adam(model.parameters(), lr=0.5, weight_decay=1e-3)  # lr comes from the state
-                optimizer.load_state_dict(state)
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-        return [p.detach() for p in model.parameters()], optimizer
-
-    (uninterrupted, _), (resumed, optimizer) = run(None), run(3)
-    assert optimizer.steps == 6 and optimizer.lr == 0.01
-    assert all(torch.equal(a, b) for a, b in zip(uninterrupted, resumed))
+@pytest.mark.parametrize(
+    "cfg,fragments",
+    [
+        ({"_target_": "torch.optim.NAdam", "lr": 1e-3, "momentum": 0.9},
+         ["takes no argument optimizer.momentum", "'~optimizer.momentum'", "momentum_decay"]),
+        ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": -0.5},
+         ["refused its arguments", "momentum=-0.5", "Invalid momentum value"]),
+        ({"_target_": "torch.optim.SGD", "lr": float("nan")}, ["optimizer.lr must be a finite number > 0, got nan"]),
+        ({"_target_": "torch.optim.Nope", "lr": 1.0}, ["optimizer._target_=torch.optim.Nope", "torch.optim.Nope"]),
+        ({"lr": 1.0}, ["optimizer has no _target_"]),
+    ],
+)  # fmt: skip
+def test_a_wrong_optimizer_argument_is_one_line_naming_it(cfg, fragments):
+    with pytest.raises(ConfigError) as error:
+        build_optimizer(create_model("lenet5"), cfg, CPU)
+    message = str(error.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
 
 
-def test_state_of_another_optimizer_is_refused():
-    params = list(torch.nn.Linear(2, 2).parameters())
-    with pytest.raises(ValueError, match="SGD"):
-        Adam(params, lr=0.1).load_state_dict(SGD(params, lr=0.1, momentum=0.9).state_dict())
+def sgd():
+    return torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
 
 
-def test_a_parameter_without_gradient_is_a_bug_not_a_silent_skip():
-    model = torch.nn.Linear(2, 2)
-    optimizer = SGD(model.parameters(), lr=0.1)
-    model.weight.sum().backward()  # the bias gets no gradient
-    with pytest.raises(RuntimeError, match="no gradient"):
-        optimizer.step()
+def test_a_torch_scheduler_by_target_gets_the_runs_length_only_where_it_takes_it():
+    cfg = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": 0.1, "interval": "step"}
+    built = build_scheduler(sgd(), cfg, epochs=3, steps_per_epoch=7, metrics=METRICS)
+    assert isinstance(built.scheduler, OneCycleLR) and built.scheduler.total_steps == 21 and built.per_step
+    step_lr = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2, "interval": "epoch"}
+    built = build_scheduler(sgd(), step_lr, epochs=3, steps_per_epoch=7, metrics=METRICS)
+    assert built.per_step is None and built.interval == "epoch"
 
 
-def test_resume_refuses_an_optimizer_state_it_cannot_use(tmp_path):
-    from lenet.checkpoint import restore, rng_state
-    from lenet.errors import ConfigError
+def test_reduce_on_plateau_watches_a_metric_once_per_epoch():
+    cfg = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "patience": 0, "factor": 0.5, "interval": "epoch"}
+    optimizer = sgd()
+    built = build_scheduler(optimizer, cfg, epochs=3, steps_per_epoch=7, metrics=METRICS)
+    assert built.monitor == "test_loss"
+    for loss in (1.0, 2.0, 3.0):
+        built.step_epoch({"test_loss": loss})
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)  # two epochs without improvement
+    with pytest.raises(ConfigError, match="scheduler.interval=epoch"):
+        build_scheduler(sgd(), {**cfg, "interval": "step"}, epochs=3, steps_per_epoch=7, metrics=METRICS)
+    with pytest.raises(ConfigError, match="scheduler.monitor must be one of"):
+        build_scheduler(sgd(), {**cfg, "monitor": "val_los"}, epochs=3, steps_per_epoch=7, metrics=METRICS)
 
-    model, generator = torch.nn.Linear(2, 2), torch.Generator()
-    checkpoint = {
-        "config": {},
-        "model": model.state_dict(),
-        "history": [],
-        "wall_seconds": 0.0,
-        "rng": rng_state(generator),
-        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
-    }  # e.g. an older version's
-    with pytest.raises(ConfigError, match="optimizer state does not fit.*start a new run dir"):
-        restore(checkpoint, tmp_path / "checkpoint.pt", {}, (), model, SGD(model.parameters(), lr=0.1), generator)
+
+@pytest.mark.parametrize(
+    "name,override,fragment",
+    [
+        ("onecycle", {"pct_start": 1.5}, "pct_start must be in (0, 1)"),
+        ("step", {"gamma": 0.0}, "gamma must be in (0, 1]"),
+        ("cosine", {"warmup_epochs": 10}, "warmup_epochs must be in [0, trainer.epochs)"),
+        ("cosine", {"min_lr": 0.5}, "min_lr must be in [0, the optimizer's lr"),
+        ("onecycle", {"interval": "batch"}, "scheduler.interval must be step or epoch"),
+        ("step", {"step_size": 3}, "takes no argument scheduler.step_size"),
+    ],
+)
+def test_scheduler_values_are_checked_with_the_key_named(name, override, fragment):
+    with pytest.raises(ConfigError, match="scheduler") as error:
+        build_scheduler(sgd(), {**option("scheduler", name), **override}, epochs=3, steps_per_epoch=7, metrics=METRICS)
+    assert fragment in str(error.value)
+
+
+def test_a_scheduler_missing_a_required_argument_says_which():
+    with pytest.raises(ConfigError, match=r"needs scheduler.T_max: add it with \+scheduler.T_max=VALUE"):
+        build_scheduler(sgd(), {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR"}, 3, 7, METRICS)

@@ -1,0 +1,79 @@
+"""Build a pluggable component from its config node: Hydra's ``instantiate`` on ``_target_``, then a call.
+
+A node names its callable with ``_target_`` and holds that callable's own arguments; the harness
+adds what only it knows at run time (the model's parameters, the run's length). A target that
+cannot be found, an argument it does not take or a value it refuses ends in one ``ConfigError``
+line naming the key, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from typing import Any, Callable, Mapping
+
+from lenet.errors import ConfigError
+
+
+def bind(node: Mapping[str, Any], key: str, reserved: tuple[str, ...] = ()) -> functools.partial:
+    """The callable that ``node['_target_']`` names, with the node's arguments bound (``reserved`` keys left out)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if "_target_" not in node:
+        raise ConfigError(f"{key} has no _target_: set {key}._target_ to an importable class or function")
+    arguments = {k: v for k, v in node.items() if k not in reserved}
+    try:
+        bound = instantiate({**arguments, "_partial_": True}, _convert_="all")
+    except InstantiationException as e:
+        raise ConfigError(f"{key}._target_={node['_target_']}: {str(e).splitlines()[0]}") from None
+    if not isinstance(bound, functools.partial):  # only a partial's arguments can be checked before the call
+        raise ConfigError(f"{key}._target_={node['_target_']} is not a class or function")
+    return bound
+
+
+def accepted_arguments(fn: Callable) -> tuple[list[str], bool]:
+    """Names of the keyword arguments ``fn`` takes (a class: its ``__init__``), and whether it takes ``**kwargs``."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no signature
+        return [], True
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    any_keyword = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return [p.name for p in parameters if p.kind in kinds], any_keyword
+
+
+def target_name(fn: Callable) -> str:
+    """The dotted name a config would give ``fn``'s ``_target_``."""
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, Any] | None = None) -> Any:
+    """``bound(*args, **offered)``, offering only what it accepts and its config does not set.
+
+    A ``TypeError`` or ``ValueError`` raised by the call (an argument it does not take, a value it
+    refuses) becomes a ConfigError naming ``key``'s arguments.
+    """
+    accepted, any_keyword = accepted_arguments(bound.func)
+    name = target_name(bound)
+    unknown = [] if any_keyword else [k for k in bound.keywords if k not in accepted]
+    if unknown:
+        drop = " ".join(f"'~{key}.{k}'" for k in unknown)
+        raise ConfigError(
+            f"{name} takes no argument {', '.join(f'{key}.{k}' for k in unknown)} (it takes {', '.join(accepted[len(args):])}); "
+            f"drop it with {drop} or choose an option whose keys fit"
+        )
+    extra = {k: v for k, v in (offered or {}).items() if k in accepted and k not in bound.keywords}
+    try:
+        return bound(*args, **extra)
+    except (TypeError, ValueError) as e:
+        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$", str(e))
+        if isinstance(e, TypeError) and missing:
+            names = [n.strip(" '") for n in re.split(r", | and ", missing.group(1))]
+            raise ConfigError(
+                f"{name} needs {' and '.join(f'{key}.{n}' for n in names)}: add it with +{key}.{names[0]}=VALUE"
+            ) from None
+        settings = ", ".join(f"{k}={v!r}" for k, v in bound.keywords.items())
+        raise ConfigError(f"{key} {name} refused its arguments ({settings}): {e}; fix it with {key}.KEY=VALUE") from None

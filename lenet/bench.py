@@ -4,6 +4,7 @@
     python -m lenet.bench process [--epochs 2]     # whole processes: train.py vs the usual script
     python -m lenet.bench process --logger wandb   # both logging to W&B (offline)
     python -m lenet.bench reference [--epochs 2]   # the usual script alone
+    python -m lenet.bench reach --target 0.99 --override device=cuda ...  # time for train.py to reach an accuracy
 
 The usual pipeline is torchvision's MNIST with Resize(32), ToTensor and Normalize applied per
 sample, batched by a DataLoader; the harness keeps the preprocessed set as tensors on the device.
@@ -31,7 +32,8 @@ from lenet.data import load_dataset
 from lenet.engine import train_one_epoch
 from lenet.models import create_model
 from lenet.optim import build_optimizer
-from lenet.tracking import read_summary
+from lenet.threads import available_cores
+from lenet.tracking import read_metrics, read_summary
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +227,7 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     info = {
-        "cpu_cores": len(os.sched_getaffinity(0)),
+        "cpu_cores": available_cores(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -292,6 +294,39 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
     return report
 
 
+def time_to_accuracy(run_dir: Path, target: float) -> dict[str, Any]:
+    """From a finished run's files: the first epoch at ``target`` test accuracy and the seconds to its end.
+
+    Seconds count from the process's start: its start-up to the first step, then each epoch's
+    training and evaluation (checkpoint writes between epochs, a few ms, are left out).
+    """
+    summary, rows = read_summary(run_dir) or {}, read_metrics(run_dir)
+    elapsed = summary.get("startup_seconds") or summary.get("setup_seconds") or 0.0
+    reached = None
+    for row in rows:
+        elapsed += row["seconds"]
+        if row["test_acc"] >= target:
+            reached = {"epoch": row["epoch"], "seconds": elapsed}
+            break
+    return {"target": target, "reached": reached, "final_test_acc": summary.get("final_test_acc"),
+            "epochs": len(rows), "seconds_per_epoch": summary.get("seconds_per_epoch"),
+            "startup_seconds": summary.get("startup_seconds")}  # fmt: skip
+
+
+def bench_reach(overrides: list[str], target: float) -> dict[str, Any]:
+    """Run ``train.py OVERRIDES`` once (W&B off) and report when it reached ``target`` test accuracy."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [sys.executable, str(REPO / "train.py"), "logger=none", *overrides, f"hydra.run.dir={run_dir}"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO)
+        report = time_to_accuracy(run_dir, target)
+    report.update(overrides=overrides, process_seconds=time.perf_counter() - start, **machine())
+    return report
+
+
 def _print_steps(report: dict[str, Any]) -> None:
     s = report["setup"]
     print(f"{s['device']}, batch {s['batch_size']}, {s['steps']} steps x {s['rounds']} rounds, ", end="")
@@ -326,7 +361,7 @@ def _print_process(report: dict[str, Any]) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     """Command line; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m lenet.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="steps", choices=["steps", "process", "reference"])
+    parser.add_argument("mode", nargs="?", default="steps", choices=["steps", "process", "reference", "reach"])
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding MNIST/raw")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -339,7 +374,12 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="process mode: both scripts log to W&B offline (train.py with logger=wandb)")  # fmt: skip
     parser.add_argument("--wandb-dir", type=Path, help="reference mode: log to W&B offline in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--target", type=float, default=0.99, help="reach mode: the test accuracy to reach")
+    parser.add_argument("--override", action="append", default=[], help="reach mode: a train.py override (repeat)")
     args = parser.parse_args(argv)
+    if args.mode == "reach":
+        print(json.dumps(bench_reach(args.override, args.target)))
+        return
     device = torch.device(args.device)
     root = args.root.resolve()
     if args.mode == "reference":

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 
 from lenet.errors import DataError
 
@@ -94,18 +91,6 @@ def _find_split_files(root: Path, dataset: str) -> dict[str, tuple[Path, Path]] 
     return found
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # concurrent sweep jobs must not download into the same folder at once
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _download(root: Path, dataset: str) -> None:
     import torchvision.datasets  # imported only here: it costs a second of start-up
 
@@ -125,7 +110,9 @@ def locate_raw(root: Path, dataset: str, download: bool) -> dict[str, tuple[Path
     """Paths of the (images, labels) IDX files per split, downloading them if allowed."""
     found = _find_split_files(root, dataset)
     if found is None and download:
-        with _file_lock(root / f".{dataset}.download.lock"):
+        # concurrent sweep jobs must not download into the same folder at once
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(root / f".{dataset}.download.lock"):
             found = _find_split_files(root, dataset)  # another job may have fetched it meanwhile
             if found is None:
                 _download(root, dataset)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import importlib
 import logging
 import math
 import os
@@ -210,8 +211,11 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.label or None)
             if first_in_process:
                 # Exempt what the imports made (torch's and Hydra's modules: about 10^5 objects) from the cyclic
-                # garbage collector: it walked them all on each full collection and once more at exit (0.4 s
-                # measured). Once per process and before any job's data, so nothing of a job is kept forever.
+                # garbage collector, which otherwise walks them all on each full collection during training and
+                # once more at exit. torch.optim imports torch._dynamo when the first optimizer is built: import
+                # it now so that its objects are exempt too. Once per process and before any job's data, so
+                # nothing of a job is kept forever.
+                importlib.import_module("torch._dynamo")
                 gc.freeze()
 
             # model and optimizer before the data, so that a wrong argument of theirs fails before any work

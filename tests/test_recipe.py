@@ -1,0 +1,108 @@
+"""The recipe as a user varies it: optimizers and schedulers from YAML files and the command line."""
+
+import csv
+
+import pytest
+import torch
+
+import lenet.runner as runner
+from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from lenet.compare import compare
+from lenet.errors import Interrupted
+
+from conftest import read_json, read_jsonl, run_train
+from test_reliability import compose_config, run_in_process, without_time
+from lenet.runner import JobInfo, run_job
+
+TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
+        "device=cpu", "trainer.epochs=1"]  # fmt: skip
+
+NADAM_YAML = """\
+_target_: torch.optim.NAdam
+_partial_: true
+lr: 2e-3
+momentum_decay: 4e-3
+"""
+
+
+@pytest.mark.slow
+def test_an_optimizer_added_as_one_yaml_file_on_the_search_path_trains(tmp_path):
+    (tmp_path / "my_conf" / "optimizer").mkdir(parents=True)
+    (tmp_path / "my_conf" / "optimizer" / "my_nadam.yaml").write_text(NADAM_YAML)
+    result = run_train("optimizer=my_nadam", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", *TINY,
+                       "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "completed" and summary["optimizer"] == "my_nadam"
+    assert read_json(tmp_path / "run" / "summary.json")["final_train_loss"] < 2.31
+
+
+@pytest.mark.slow
+def test_any_torch_optimizer_from_the_command_line(tmp_path):
+    args = ["optimizer._target_=torch.optim.NAdam", "optimizer.lr=2e-3", *TINY]
+    refused = run_train(*args, "hydra.run.dir=refused", cwd=tmp_path)  # sgd's momentum and nesterov are left over
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "'~optimizer.momentum' '~optimizer.nesterov'" in refused.stderr
+    result = run_train(*args, "~optimizer.momentum", "~optimizer.nesterov", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "completed" and summary["optimizer"] == "torch.optim.NAdam"  # not "sgd"
+    from_adam = run_train("optimizer=adam", "optimizer._target_=torch.optim.NAdam", *TINY, "hydra.run.dir=adam",
+                          cwd=tmp_path)  # fmt: skip
+    assert from_adam.returncode == 0 and read_json(tmp_path / "adam" / "summary.json")["optimizer"] == "torch.optim.NAdam"
+
+
+@pytest.mark.slow
+def test_no_key_can_relabel_what_is_trained(tmp_path):
+    result = run_train("optimizer.name=rmsprop", *TINY, cwd=tmp_path)
+    assert result.returncode != 0 and "name" in result.stderr and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_labels_in_summaries_and_the_comparison_csv_are_the_chosen_options(tmp_path):
+    result = run_train("-m", "optimizer=adam,rmsprop", "scheduler=cosine", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = [read_json(tmp_path / "sweep" / str(n) / "summary.json") for n in range(2)]
+    assert [(s["optimizer"], s["scheduler"]) for s in summaries] == [("adam", "cosine"), ("rmsprop", "cosine")]
+    compare(tmp_path / "sweep")
+    with open(tmp_path / "sweep" / "comparison.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["optimizer"]) for r in rows] == [("optimizer=adam", "adam"), ("optimizer=rmsprop", "rmsprop")]
+
+
+STEP_LR = ["scheduler._target_=torch.optim.lr_scheduler.StepLR", "scheduler.interval=epoch", "+scheduler.step_size=1",
+           "+scheduler.gamma=0.5"]  # fmt: skip
+PLATEAU = ["scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau", "scheduler.interval=epoch",
+           "+scheduler.monitor=train_loss", "+scheduler.patience=0", "+scheduler.factor=0.5",
+           "+scheduler.threshold=10.0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("scheduler", [STEP_LR, PLATEAU], ids=["StepLR", "ReduceLROnPlateau"])
+def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, monkeypatch, scheduler):
+    overrides = ["scheduler=none", *scheduler, "data.train_size=256", "trainer.epochs=3"]
+    full, full_dir = run_in_process(tmp_path, "full", *overrides)
+    lrs = [row["lr"] for row in read_jsonl(full_dir / "metrics.jsonl")]
+    assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # halved after each epoch, by both schedulers here
+
+    save = runner.save_checkpoint
+    saves = []
+
+    def save_then_stop(*args, **kwargs):  # a SIGTERM right after epoch 1's checkpoint
+        save(*args, **kwargs)
+        saves.append(1)
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted):
+        run_in_process(tmp_path, "part", *overrides)
+    monkeypatch.setattr(runner, "save_checkpoint", save)
+    assert len(load_checkpoint(tmp_path / "part" / CHECKPOINT_FILE)["history"]) == 1
+    cfg, record = compose_config(*overrides, "trainer.resume=true")
+    resumed = run_job(cfg, JobInfo(run_dir=tmp_path / "part", cwd=tmp_path), record)
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
+    assert without_time(read_jsonl(tmp_path / "part" / "metrics.jsonl")) == without_time(
+        read_jsonl(full_dir / "metrics.jsonl")
+    )
+    w_full, w_part = torch.load(full_dir / "lenet_synthetic.pth"), torch.load(tmp_path / "part" / "lenet_synthetic.pth")
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+    assert full["scheduler"] == scheduler[0].split("=")[1]  # no choice known in-process: the _target_ names it

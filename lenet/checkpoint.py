@@ -23,6 +23,7 @@ def save_checkpoint(
     history: list[dict[str, Any]],
     config: dict[str, Any],
     wall_seconds: float,
+    num_threads: int,
 ) -> None:
     """Write the training state to ``path`` through a temporary file and a rename, so a crash leaves the old one."""
     state = {
@@ -33,6 +34,7 @@ def save_checkpoint(
         "history": history,
         "config": config,
         "wall_seconds": wall_seconds,
+        "num_threads": num_threads,  # CPU results depend on it: a resumed run takes it again
     }
     with atomic_file(path) as tmp:
         torch.save(state, tmp)

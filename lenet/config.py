@@ -59,7 +59,7 @@ class DataConfig:
 @dataclass
 class DeviceConfig:
     name: str = MISSING  # auto | cpu | cuda | mps
-    num_threads: Optional[int] = None  # torch CPU threads; null: cores / parallel jobs of the launcher
+    num_threads: Optional[int] = None  # torch CPU threads; null: chosen by lenet.threads (recorded in summary.json)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
 from lenet.models import create_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys, split_override
-from lenet.threads import available_cores, default_num_threads
+from lenet.threads import available_cores, choose_num_threads
 from lenet.tracking import Tracker, start_wandb
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "model": cfg.model.name, "pooling": cfg.model.pooling,
         "optimizer": job.label_of("optimizer", cfg.optimizer), "scheduler": job.label_of("scheduler", cfg.scheduler),
         "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
-        "num_threads": None,
+        "num_threads": None, "num_threads_probe": None,
         "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
@@ -205,8 +205,6 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         with SignalStop() as stop:
             device = resolve_device(cfg.device.name)
             summary["device"] = str(device)
-            torch.set_num_threads(cfg.device.num_threads or default_num_threads(job.parallel_jobs))
-            summary["num_threads"] = torch.get_num_threads()
             if cfg.logger.backend == "wandb":
                 tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.label or None)
             if first_in_process:
@@ -240,6 +238,14 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             # a job that submitit requeued after a time-out or pre-emption continues where it stopped
             resume = cfg.trainer.resume or job.requeueable
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
+            # after W&B's start-up, which would otherwise count as load; a resumed run keeps its thread count,
+            # since the count changes the bits of CPU results
+            num_threads, probe = choose_num_threads(
+                cfg.device.num_threads or (checkpoint or {}).get("num_threads"), device, job.parallel_jobs
+            )
+            torch.set_num_threads(num_threads)
+            summary["num_threads"] = num_threads
+            summary["num_threads_probe"] = {str(n): seconds for n, seconds in probe.items()} or None
             if checkpoint is not None:
                 history, elapsed_before = restore(
                     checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, scheduler.scheduler,
@@ -289,8 +295,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 scheduler.step_epoch(history[-1])
                 elapsed = elapsed_before + time.perf_counter() - started
                 save_checkpoint(
-                    checkpoint_path, model, optimizer, scheduler.scheduler, generator, history, config_record, elapsed
-                )
+                    checkpoint_path, model, optimizer, scheduler.scheduler, generator, history, config_record, elapsed,
+                    num_threads,
+                )  # fmt: skip
                 tracker.log_epoch(history)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",

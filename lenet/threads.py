@@ -1,17 +1,107 @@
-"""How many CPU threads a job uses: its share of the cores this process may run on."""
+"""How many CPU threads a job trains with: its share of the cores, and no more than the machine can give now.
+
+On a busy machine more threads can be much slower than fewer: every parallel region of a
+training step waits for its slowest thread, and a thread that shares its core with another
+process keeps all the others waiting. So the default is chosen by trying: a few training steps
+of a small probe network with each candidate thread count, alternately, and the fastest wins.
+The choice is made once, before training, and recorded; ``device.num_threads=N`` pins it.
+"""
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+PROBE_ROUNDS = 3  # alternations of the candidates
+PROBE_STEPS = 8  # training steps per candidate and round: some of the scheduler's time slices
+PROBE_BATCH = 64
+# more threads must be this much faster per step to be chosen: when the machine is loaded, the probe's
+# few steps vary, and the cost of too many threads (every step waiting on a descheduled one) is larger
+PROBE_MARGIN = 0.85
 
 
 def available_cores() -> int:
-    """Cores this process may run on: its CPU affinity where the OS has one (Linux), else all of them."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """Cores this job may use: its CPU affinity where the OS has one, else all; at most SLURM's cpus-per-task."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cores
 
 
-def default_num_threads(parallel_jobs: int) -> int:
+def thread_budget(parallel_jobs: int) -> int:
     """CPU threads per job so that ``parallel_jobs`` jobs share this machine's cores without oversubscribing."""
     return max(1, available_cores() // parallel_jobs)
+
+
+def candidates(budget: int) -> list[int]:
+    """Thread counts worth trying: the budget, then halving down to one."""
+    counts = [budget]
+    while counts[-1] > 1:
+        counts.append(counts[-1] // 2)
+    return counts
+
+
+def _probe_step() -> Callable[[], None]:
+    """One training step (forward, backward, SGD update) of a LeNet-sized network on random data."""
+    from lenet.models import LeNet5
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the probe must not move the run's random numbers
+        model = LeNet5().to(memory_format=torch.channels_last)
+    x = torch.randn(PROBE_BATCH, 1, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (PROBE_BATCH,), generator=generator)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(p.grad, alpha=1e-3)
+
+    return step
+
+
+def probe_num_threads(budget: int) -> tuple[int, dict[int, float]]:
+    """The fastest of ``candidates(budget)`` on this machine now (by a margin), and each one's median seconds per step."""
+    counts = candidates(budget)
+    if len(counts) == 1:
+        return counts[0], {}
+    step = _probe_step()
+    seconds: dict[int, list[float]] = {n: [] for n in counts}
+    previous = torch.get_num_threads()
+    try:
+        for n in counts:  # warm-up: the first steps of each thread count allocate and create threads
+            torch.set_num_threads(n)
+            step()
+        for _ in range(PROBE_ROUNDS):
+            for n in counts:
+                torch.set_num_threads(n)
+                start = time.perf_counter()
+                for _ in range(PROBE_STEPS):
+                    step()
+                seconds[n].append((time.perf_counter() - start) / PROBE_STEPS)
+    finally:
+        torch.set_num_threads(previous)
+    medians = {n: statistics.median(s) for n, s in seconds.items()}
+    chosen = counts[-1]  # the fewest
+    for n in reversed(counts[:-1]):
+        if medians[n] < PROBE_MARGIN * medians[chosen]:
+            chosen = n
+    return chosen, medians
+
+
+def choose_num_threads(pinned: int | None, device: torch.device, parallel_jobs: int) -> tuple[int, dict[int, float]]:
+    """The thread count to train with: ``pinned`` if set, else the probe's pick within the job's budget.
+
+    The probe runs only for CPU training; on an accelerator the CPU threads only feed it, and the
+    budget stands. Returns the count and the probe's seconds per step (empty when it did not run).
+    """
+    if pinned is not None:
+        return pinned, {}
+    budget = thread_budget(parallel_jobs)
+    if device.type != "cpu":
+        return budget, {}
+    return probe_num_threads(budget)

@@ -1,0 +1,80 @@
+"""The default thread count: the job's share of the cores, tried against fewer, and kept on resume."""
+
+import time
+
+import pytest
+import torch
+
+import lenet.runner as runner
+import lenet.threads as threads
+from lenet.errors import Interrupted
+from lenet.runner import JobInfo, run_job
+
+from test_reliability import compose_config
+
+CPU = torch.device("cpu")
+
+
+def test_candidates_halve_down_to_one():
+    assert threads.candidates(8) == [8, 4, 2, 1] and threads.candidates(6) == [6, 3, 1] and threads.candidates(1) == [1]
+
+
+def test_slurm_cpus_per_task_caps_the_cores(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    cores = threads.available_cores()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert threads.available_cores() == 1 and threads.thread_budget(1) == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(cores + 10))
+    assert threads.available_cores() == cores
+
+
+def fake_step(seconds_for):
+    """A probe step that takes ``seconds_for(thread count)``, as a loaded or an idle machine would."""
+    return lambda: lambda: time.sleep(seconds_for(torch.get_num_threads()))
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["loaded", "idle"])
+def test_the_probe_picks_the_fastest_thread_count_and_restores_the_setting(monkeypatch, loaded):
+    # loaded: every extra thread waits for a descheduled one; idle: more threads share the work
+    seconds_for = (lambda n: 0.001 * n) if loaded else (lambda n: 0.004 / n)
+    monkeypatch.setattr(threads, "_probe_step", fake_step(seconds_for))
+    before = torch.get_num_threads()
+    chosen, medians = threads.probe_num_threads(4)
+    assert chosen == (1 if loaded else 4) and sorted(medians) == [1, 2, 4]
+    assert torch.get_num_threads() == before
+
+
+def test_a_pinned_count_and_an_accelerator_skip_the_probe(monkeypatch):
+    monkeypatch.setattr(threads, "_probe_step", lambda: pytest.fail("the probe ran"))
+    assert threads.choose_num_threads(3, CPU, parallel_jobs=1) == (3, {})
+    assert threads.choose_num_threads(None, torch.device("cuda"), parallel_jobs=1)[1] == {}
+
+
+def test_the_real_probe_runs_a_few_steps_and_leaves_the_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    chosen, medians = threads.probe_num_threads(2)
+    assert chosen in (1, 2) and all(0 < s < 1 for s in medians.values())
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
+    overrides = ["device.num_threads=null", "data.train_size=256", "trainer.epochs=2"]
+    monkeypatch.setattr(threads, "probe_num_threads", lambda budget: (1, {1: 0.001}))
+    save = runner.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
+    cfg, record = compose_config(*overrides)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(Interrupted):
+        run_job(cfg, JobInfo(run_dir=tmp_path / "run", cwd=tmp_path), record)
+    monkeypatch.setattr(runner, "save_checkpoint", save)
+    monkeypatch.setattr(threads, "probe_num_threads", lambda budget: pytest.fail("a resumed run probed again"))
+    cfg, record = compose_config(*overrides, "trainer.resume=true")
+    summary = run_job(cfg, JobInfo(run_dir=tmp_path / "run", cwd=tmp_path), record)
+    assert summary["status"] == "completed" and summary["resumed_from_epoch"] == 1 and summary["num_threads"] == 1

@@ -192,7 +192,7 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
 
     def harness_steps(offset: int) -> int:
         images, labels = train.images[offset : offset + chunk], train.labels[offset : offset + chunk]
-        train_one_epoch(model, model.loss, optimizer, images, labels, batch_size, generator)
+        train_one_epoch(model, F.cross_entropy, optimizer, images, labels, batch_size, generator)
         return len(labels)
 
     if warmup:

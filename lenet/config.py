@@ -39,17 +39,12 @@ class WandbMode(Enum):
 
 
 @dataclass
-class ModelConfig:
-    name: str = MISSING  # a name from lenet.models.list_models()
-    pooling: str = MISSING  # a name from lenet.models.list_poolings(); the pooling group sets it
-
-
-@dataclass
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist | kmnist | synthetic
     root: str = "data"  # folder holding NAME/raw/*-ubyte[.gz] or the four files; relative to where you started
     download: bool = True  # fetch with torchvision when the files are missing
     resize: Resize = Resize.pad
+    num_classes: int = 10  # offered to the model's factory as num_classes
     mean: float = MISSING  # of the training pixels in [0, 1]
     std: float = MISSING
     train_size: int = 2000  # synthetic data only: number of generated images
@@ -88,8 +83,9 @@ class TrainerConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = MISSING
-    # pluggable: each option carries its own arguments beside its _target_ (lenet/optim.py builds them)
+    # pluggable: each option carries its own arguments beside its _target_ (or the model's registry name)
+    model: Any = MISSING
+    loss: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     data: DataConfig = MISSING
@@ -102,7 +98,6 @@ class Config:
 # the schema of each typed group, stored outside the groups so that `--help` lists only options to choose;
 # an option extends its schema with `- /schema_<group>@_here_` in its defaults list
 _GROUP_SCHEMAS: dict[str, Any] = {
-    "model": ModelConfig,
     "data": DataConfig,
     "device": DeviceConfig,
     "logger": LoggerConfig,

@@ -20,6 +20,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_SIDE = 32  # LeNet-5's input: 28x28 digits centred in a 32x32 field
+CHANNELS = 1  # grayscale: the images are preprocessed to (N, CHANNELS, 32, 32)
 PREPROCESS_CHUNK = 1024  # images per preprocessing pass: ~4 MB of float32 intermediates
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

@@ -88,7 +88,7 @@ def evaluate(
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         with autocast(images.device, bf16):
             logits = model(x)
-            loss_sum += loss_fn(logits, y, reduction="sum").float()
+            loss_sum += loss_fn(logits, y).float() * len(y)  # a loss is a mean: any callable (scores, targets)
         correct += (logits.argmax(dim=1) == y).sum()
     n = len(labels)
     return loss_sum.item() / n, correct.item() / n

@@ -7,13 +7,15 @@ same way through ``@register_pooling``.
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lenet.errors import ConfigError
+from lenet.factory import bind, call
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _POOLINGS: dict[str, Callable[[int, nn.Module], nn.Module]] = {}
@@ -46,6 +48,22 @@ def list_models() -> list[str]:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name``; an unknown name raises listing the known ones."""
     return _lookup(_MODELS, "model", name)(**kwargs)
+
+
+def build_model(cfg: Mapping[str, Any], offered: Mapping[str, Any]) -> nn.Module:
+    """The model that ``cfg`` names, by registry ``name`` or by ``_target_``; its other keys go to the factory.
+
+    ``offered`` (what the data decides: ``in_channels``, ``num_classes``) goes to a factory that
+    takes it, unless the config sets it. A key the factory does not take is a ConfigError.
+    """
+    if ("name" in cfg) == ("_target_" in cfg):
+        raise ConfigError("model needs either name (a registered model: " + ", ".join(list_models()) + ") or _target_")
+    if "_target_" in cfg:
+        bound = bind(cfg, "model")
+    else:
+        settings = {k: v for k, v in cfg.items() if k != "name"}
+        bound = functools.partial(_lookup(_MODELS, "model", cfg["name"]), **settings)
+    return call(bound, "model", offered=offered)
 
 
 def register_pooling(fn: Callable[[int, nn.Module], nn.Module]) -> Callable:
@@ -109,9 +127,9 @@ def subsample(channels: int, activation: nn.Module) -> nn.Module:
 class LeNet5(nn.Module):
     """LeNet-5 as most code reads it today: ReLU, full C3 connections, a linear 10-way output."""
 
-    def __init__(self, pooling: str = "max", num_classes: int = 10):
+    def __init__(self, pooling: str = "max", num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
         self.pool1 = create_pooling(pooling, 6, nn.ReLU())
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.pool2 = create_pooling(pooling, 16, nn.ReLU())
@@ -134,15 +152,11 @@ class LeNet5(nn.Module):
             return F.relu(pool(x))
         return pool(F.relu(x))
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy on the logits."""
-        return F.cross_entropy(logits, targets, reduction=reduction)
-
 
 @register_model
-def lenet5(pooling: str = "max", num_classes: int = 10) -> LeNet5:
+def lenet5(pooling: str = "max", num_classes: int = 10, in_channels: int = 1) -> LeNet5:
     """LeNet-5, modern reading: 6-16-120-84-10, 5x5 convolutions, 61,706 parameters."""
-    return LeNet5(pooling=pooling, num_classes=num_classes)
+    return LeNet5(pooling=pooling, num_classes=num_classes, in_channels=in_channels)
 
 
 # ----------------------------------------------------------------------------- LeNet-5 as in 1998
@@ -227,9 +241,10 @@ class EuclideanRBF(nn.Module):
 
 class LeNet5Classic(nn.Module):
     """LeNet-5 as LeCun et al. (1998) describe it: scaled tanh, trainable subsampling, the partial
-    C3 table, and Euclidean RBF outputs with fixed digit-bitmap centres trained by the paper's loss."""
+    C3 table, and Euclidean RBF outputs with fixed digit-bitmap centres, trained by the paper's loss
+    (``lenet.losses.LeCunRBFLoss``, the ``lecun_rbf`` option of the loss group)."""
 
-    def __init__(self, pooling: str = "subsample", rubbish_penalty: float = 5.0, loss_scale: float = 0.1):
+    def __init__(self, pooling: str = "subsample"):
         super().__init__()
         self.act = ScaledTanh()
         self.c1 = nn.Conv2d(1, 6, 5)
@@ -239,11 +254,6 @@ class LeNet5Classic(nn.Module):
         self.c5 = nn.Conv2d(16, 120, 5)
         self.f6 = nn.Linear(120, 84)
         self.output = EuclideanRBF(digit_centres())
-        self.rubbish_penalty = rubbish_penalty  # the paper's j: caps how far wrong classes are pushed
-        # The squared-distance penalties give gradients ~20x those of cross-entropy on a linear layer; the
-        # paper's diagonal Levenberg-Marquardt steps did not care, plain SGD at the harness's learning
-        # rates diverges. A constant factor changes no minimum (and nothing at all for Adam).
-        self.loss_scale = loss_scale
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -267,13 +277,6 @@ class LeNet5Classic(nn.Module):
         x = self.act(self.c5(x)).flatten(1)  # -> C5 (N, 120, 1, 1) -> (N, 120)
         x = self.act(self.f6(x))  # -> F6 (N, 84)
         return -self.output(x)  # -> (N, 10) negated penalties: the best class has the largest score
-
-    def loss(self, scores: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """The paper's eq. (9), y_correct + log(exp(-j) + sum_i exp(-y_i)) with y = -scores, times loss_scale."""
-        # a cross-entropy over the classes plus a "rubbish" class of constant penalty j
-        rubbish = scores.new_full((len(scores), 1), -self.rubbish_penalty)
-        loss = F.cross_entropy(torch.cat([scores, rubbish], dim=1), targets, reduction=reduction)
-        return loss * self.loss_scale
 
 
 @register_model

@@ -29,7 +29,9 @@ from lenet.config import Config, Precision, to_typed
 from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
-from lenet.models import create_model, num_params
+from lenet.data import CHANNELS
+from lenet.losses import build_loss
+from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys, split_override
 from lenet.threads import available_cores, choose_num_threads
@@ -190,7 +192,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
-        "model": cfg.model.name, "pooling": cfg.model.pooling,
+        "model": cfg.model.get("name") or job.label_of("model", cfg.model), "pooling": cfg.model.get("pooling"), "loss": job.label_of("loss", cfg.loss),
         "optimizer": job.label_of("optimizer", cfg.optimizer), "scheduler": job.label_of("scheduler", cfg.scheduler),
         "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
         "num_threads": None, "num_threads_probe": None,
@@ -218,12 +220,13 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
 
             # model and optimizer before the data, so that a wrong argument of theirs fails before any work
             torch.manual_seed(cfg.seed)
-            model = create_model(cfg.model.name, pooling=cfg.model.pooling).to(device)
+            model = build_model(cfg.model, {"in_channels": CHANNELS, "num_classes": cfg.data.num_classes}).to(device)
             if cfg.trainer.channels_last:  # NHWC: faster convolution and pooling kernels, measured on CPU
                 model = model.to(memory_format=torch.channels_last)
             summary["num_params"] = num_params(model)
             forward = torch.compile(model) if cfg.trainer.compile else model
             optimizer = build_optimizer(model, cfg.optimizer, device)
+            loss_fn = build_loss(cfg.loss)
             train, test = load_dataset(
                 cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
                 cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
@@ -269,12 +272,12 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 epoch_start = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]  # of the epoch's first step
                 train_loss = train_one_epoch(
-                    forward, model.loss, optimizer, train.images, train.labels, cfg.trainer.batch_size, generator,
+                    forward, loss_fn, optimizer, train.images, train.labels, cfg.trainer.batch_size, generator,
                     scheduler=scheduler.per_step, bf16=bf16, progress=progress, stop_requested=stop,
                     desc=f"epoch {epoch}/{cfg.trainer.epochs}",
                 )  # fmt: skip
                 test_loss, test_acc = evaluate(
-                    forward, model.loss, test.images, test.labels, cfg.trainer.eval_batch_size, bf16
+                    forward, loss_fn, test.images, test.labels, cfg.trainer.eval_batch_size, bf16
                 )
                 seconds = time.perf_counter() - epoch_start
                 if not (math.isfinite(train_loss) and math.isfinite(test_loss)):

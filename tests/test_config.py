@@ -1,18 +1,21 @@
 """Every config group composes into a valid typed config; bad values fail with the key named."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from lenet.config import Config, Precision, Resize, register_configs, to_typed
 from lenet.errors import ConfigError
-from lenet.models import list_models, list_poolings
+from lenet.losses import build_loss
+from lenet.models import build_model, list_models, list_poolings
+from lenet.optim import build_optimizer, build_scheduler
 
 from conftest import REPO
 
 CONF = REPO / "conf"
-GROUPS = ["model", "pooling", "optimizer", "scheduler", "data", "device", "logger"]
+GROUPS = ["model", "pooling", "loss", "optimizer", "scheduler", "data", "device", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 
@@ -26,7 +29,7 @@ def hydra_conf():
 def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
     cfg = to_typed(compose("config"))
     assert isinstance(cfg, Config) and cfg.optimizer["_target_"] == "torch.optim.SGD"
-    assert (cfg.model.name, cfg.model.pooling, cfg.scheduler["_target_"], cfg.data.name) == (
+    assert (cfg.model["name"], cfg.model["pooling"], cfg.scheduler["_target_"], cfg.data.name) == (
         "lenet5",
         "max",
         "lenet.schedules.onecycle",
@@ -36,18 +39,30 @@ def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
-def test_every_group_option_composes(group, option):
+def test_every_group_option_composes_and_builds(group, option):
     cfg = to_typed(compose("config", overrides=[f"{group}={option}"]))
+    model = build_model(cfg.model, {"in_channels": 1, "num_classes": 10})
+    optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
+    build_scheduler(optimizer, cfg.scheduler, epochs=cfg.trainer.epochs, steps_per_epoch=10, metrics=["test_loss"])
+    loss = build_loss(cfg.loss)
+    assert torch.isfinite(loss(model(torch.randn(2, 1, 32, 32)), torch.tensor([0, 1])))
     if group == "pooling":
-        assert cfg.model.pooling == option
+        assert cfg.model["pooling"] == option
     elif group == "logger":
         assert cfg.logger.backend == option
-    elif group in ("optimizer", "scheduler"):  # pluggable: a _target_ with its own arguments
-        assert compose("config", overrides=[f"{group}={option}"])[group]._target_.rsplit(".", 1)[1].lower() in (
-            option, "constant"
-        )
-    else:
+    elif group == "model":
+        assert cfg.model["name"] == option
+    elif group in ("data", "device"):
         assert getattr(cfg, group).name == option
+    elif group == "loss":
+        assert loss.__class__.__name__ == {"cross_entropy": "CrossEntropyLoss", "lecun_rbf": "LeCunRBFLoss"}[option]
+
+
+def test_the_classic_model_brings_its_loss_unless_one_is_chosen():
+    assert compose("config", overrides=["model=lenet5_classic"]).loss._target_ == "lenet.losses.LeCunRBFLoss"
+    assert compose("config").loss._target_ == "torch.nn.CrossEntropyLoss"
+    chosen = compose("config", overrides=["model=lenet5_classic", "loss=cross_entropy"])
+    assert chosen.loss._target_ == "torch.nn.CrossEntropyLoss"
 
 
 def test_group_options_match_the_registries():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lenet.engine import evaluate, train_one_epoch
 from lenet.models import create_model
@@ -21,7 +22,7 @@ def test_an_epoch_reads_back_from_the_device_once(monkeypatch):
     calls = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
-    loss = train_one_epoch(model, model.loss, optimizer, images, labels, 32, torch.Generator().manual_seed(0))
+    loss = train_one_epoch(model, F.cross_entropy, optimizer, images, labels, 32, torch.Generator().manual_seed(0))
     assert len(calls) == 1 and loss > 0  # 8 steps, a single .item() for the epoch's mean loss
 
 
@@ -32,7 +33,7 @@ def test_a_per_step_scheduler_steps_after_every_optimizer_step():
     asked = []
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: asked.append(step) or 1 / (1 + step))
     for _ in range(2):
-        train_one_epoch(model, model.loss, optimizer, images, labels, 16, torch.Generator().manual_seed(0),
+        train_one_epoch(model, F.cross_entropy, optimizer, images, labels, 16, torch.Generator().manual_seed(0),
                         scheduler=scheduler)  # fmt: skip
     assert asked == list(range(9))  # step 0 when built, then after each of the 8 steps
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 9)
@@ -43,16 +44,16 @@ def test_an_optimizer_that_needs_a_closure_trains():
     model = create_model("lenet5")
     optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
     images, labels = data(64)
-    first = train_one_epoch(model, model.loss, optimizer, images, labels, 64, torch.Generator().manual_seed(0))
-    second = train_one_epoch(model, model.loss, optimizer, images, labels, 64, torch.Generator().manual_seed(0))
+    first = train_one_epoch(model, F.cross_entropy, optimizer, images, labels, 64, torch.Generator().manual_seed(0))
+    second = train_one_epoch(model, F.cross_entropy, optimizer, images, labels, 64, torch.Generator().manual_seed(0))
     assert second < first  # LBFGS re-evaluates the loss through the closure within a step
 
 
 def test_mean_loss_and_accuracy_do_not_depend_on_the_eval_batch_size():
     model = create_model("lenet5")
     images, labels = data(100)
-    loss_a, acc_a = evaluate(model, model.loss, images, labels, batch_size=7)
-    loss_b, acc_b = evaluate(model, model.loss, images, labels, batch_size=1000)
+    loss_a, acc_a = evaluate(model, F.cross_entropy, images, labels, batch_size=7)
+    loss_b, acc_b = evaluate(model, F.cross_entropy, images, labels, batch_size=1000)
     assert acc_a == acc_b and loss_a == pytest.approx(loss_b, rel=1e-5)
     with torch.no_grad():
         expected = (model(images).argmax(1) == labels).float().mean().item()
@@ -68,7 +69,7 @@ def test_shuffling_follows_the_generator():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         losses.append(
             train_one_epoch(
-                model, model.loss, optimizer, images, labels, 16, torch.Generator().manual_seed(seed)
+                model, F.cross_entropy, optimizer, images, labels, 16, torch.Generator().manual_seed(seed)
             )
         )
     assert losses[0] == losses[1] and losses[0] != losses[2]
@@ -79,10 +80,10 @@ def test_progress_bar_only_when_asked(capsys):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     images, labels = data(64)
     train_one_epoch(
-        model, model.loss, optimizer, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
+        model, F.cross_entropy, optimizer, images, labels, 16, torch.Generator(), progress=True, desc="epoch 1/3"
     )
     assert "epoch 1/3" in capsys.readouterr().err
-    train_one_epoch(model, model.loss, optimizer, images, labels, 16, torch.Generator(), progress=False)
+    train_one_epoch(model, F.cross_entropy, optimizer, images, labels, 16, torch.Generator(), progress=False)
     assert capsys.readouterr().err == ""
 
 

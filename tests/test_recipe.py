@@ -106,3 +106,50 @@ def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, monkey
     w_full, w_part = torch.load(full_dir / "lenet_synthetic.pth"), torch.load(tmp_path / "part" / "lenet_synthetic.pth")
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
     assert full["scheduler"] == scheduler[0].split("=")[1]  # no choice known in-process: the _target_ names it
+
+
+WIDE_NET = """\
+import torch
+from torch import nn
+
+
+class WideNet(nn.Module):
+    def __init__(self, width: int = 1, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4 * width, 5)
+        self.head = nn.Linear(4 * width * 28 * 28, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_of_your_own_is_one_module_and_one_yaml_with_its_settings(tmp_path):
+    (tmp_path / "my_nets.py").write_text(WIDE_NET)
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "wide.yaml").write_text("_target_: my_nets.WideNet\nwidth: 1\n")
+    search = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = run_train("model=wide", "model.width=3", search, *TINY, "hydra.run.dir=run", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["model"] == "wide" and summary["status"] == "completed"
+    assert summary["num_params"] == (12 * 25 + 12) + (12 * 28 * 28 * 10 + 10)  # width 3: 12 maps
+    unknown = run_train("model=wide", "+model.depth=2", search, *TINY, cwd=tmp_path, env=env)
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "Traceback" not in unknown.stderr
+    assert "takes no argument model.depth (it takes width, in_channels, num_classes)" in unknown.stderr
+    pooled = run_train("model=wide", "pooling=avg", search, *TINY, cwd=tmp_path, env=env)
+    assert pooled.returncode == 1 and "takes no argument model.pooling" in pooled.stderr
+
+
+@pytest.mark.slow
+def test_a_setting_of_a_registered_model_and_a_loss_setting_from_the_command_line(tmp_path):
+    result = run_train("loss.label_smoothing=0.1", "+model.num_classes=12", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["num_params"] == 61_706 + 2 * 85 and summary["loss"] == "cross_entropy"  # two more outputs
+    wrong = run_train("+model.width=2", *TINY, cwd=tmp_path)
+    assert wrong.returncode == 1 and "takes no argument model.width (it takes pooling, num_classes, in_channels)" in (
+        wrong.stderr
+    )

@@ -24,6 +24,7 @@ from lenet.sweep import split_override, sweep_jobs
 from lenet.tracking import read_metrics, read_summary
 
 SEED_KEY = "seed"
+DEFAULT_METRIC = "test_acc"
 ALPHA = 0.05  # significance level of the paired tests
 
 
@@ -43,6 +44,19 @@ class Job:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    def final(self, key: str) -> Optional[float]:
+        """The last epoch's value of metrics.jsonl key ``key`` (the summary's ``final_<key>`` without metrics)."""
+        if self.metrics and self.metrics[-1].get(key) is not None:
+            return self.metrics[-1][key]
+        return (self.summary or {}).get(f"final_{key}")
+
+    def best(self, key: str) -> Optional[float]:
+        """The best epoch's value of ``key``: the lowest for losses, else the highest."""
+        values = [row[key] for row in self.metrics if row.get(key) is not None]
+        if not values:
+            return (self.summary or {}).get(f"best_{key}")
+        return min(values) if lower_is_better(key) else max(values)
 
     @property
     def seed(self) -> Optional[str]:
@@ -69,6 +83,22 @@ class Variant:
 
     def values(self, key: str) -> list[float]:
         return [j.summary[key] for j in self.done if j.summary.get(key) is not None]
+
+    def finals(self, key: str) -> list[float]:
+        return [v for j in self.done if (v := j.final(key)) is not None]
+
+    def bests(self, key: str) -> list[float]:
+        return [v for j in self.done if (v := j.best(key)) is not None]
+
+
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metrics.jsonl key ``key`` is the better one."""
+    return "loss" in key or key == "seconds"
+
+
+def is_fraction(key: str) -> bool:
+    """Whether ``key`` holds a fraction shown in percent (accuracies and the like)."""
+    return not lower_is_better(key) and key != "lr"
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
@@ -114,40 +144,44 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
 
 @dataclass
 class PairedTest:
-    """Final test accuracy of two variants compared seed by seed."""
+    """A final metric of two variants compared seed by seed."""
 
     a: str
     b: str
     seeds: list[str]
-    mean_difference: float  # b - a, as a fraction
+    mean_difference: float  # b - a, in the metric's own unit (a fraction for accuracies)
     ci_low: float
     ci_high: float
     t: float
     p: float
+    percent: bool = True  # shown in percentage points
 
     @property
     def significant(self) -> bool:
         return self.p < ALPHA
 
+    def _amount(self, x: float) -> str:
+        return f"{100 * x:+.2f} pp" if self.percent else f"{x:+.4g}"
+
     def sentence(self) -> str:
-        diff = f"{100 * self.mean_difference:+.2f} pp"
+        diff = self._amount(self.mean_difference)
         if math.isnan(self.p):
             return f"{self.b} vs {self.a}: {diff}, identical on all {len(self.seeds)} shared seeds; nothing to test."
         verdict = (
             f"significant at the {ALPHA:.0%} level" if self.significant else f"not significant at the {ALPHA:.0%} level"
         )
         return (
-            f"{self.b} vs {self.a}: {diff} (95% CI {100 * self.ci_low:+.2f} to {100 * self.ci_high:+.2f} pp) over "
+            f"{self.b} vs {self.a}: {diff} (95% CI {self._amount(self.ci_low)} to {self._amount(self.ci_high)}) over "
             f"{len(self.seeds)} shared seeds; paired t-test t = {self.t:.2f}, p = {self.p:.3g}: {verdict}."
         )
 
 
-def paired_test(a: Variant, b: Variant) -> Optional[PairedTest]:
-    """Paired t-test of final test accuracy over the seeds both variants completed; None if none shared."""
+def paired_test(a: Variant, b: Variant, metric: str = DEFAULT_METRIC) -> Optional[PairedTest]:
+    """Paired t-test of a final metric over the seeds both variants completed; None if none shared."""
     from scipy import stats
 
-    acc_a = {j.seed: j.summary["final_test_acc"] for j in a.done}
-    acc_b = {j.seed: j.summary["final_test_acc"] for j in b.done}
+    acc_a = {j.seed: v for j in a.done if (v := j.final(metric)) is not None}
+    acc_b = {j.seed: v for j in b.done if (v := j.final(metric)) is not None}
     seeds = sorted(set(acc_a) & set(acc_b) - {None}, key=lambda s: (len(s), s))
     if not seeds:
         return None
@@ -159,16 +193,20 @@ def paired_test(a: Variant, b: Variant) -> Optional[PairedTest]:
         t, p = (float(v) for v in stats.ttest_rel([acc_b[s] for s in seeds], [acc_a[s] for s in seeds]))
     elif len(seeds) > 1 and mean != 0:  # the same nonzero difference on every seed
         t, p, low, high = math.copysign(math.inf, mean), 0.0, mean, mean
-    return PairedTest(a.label, b.label, seeds, mean, low, high, t, p)
+    return PairedTest(a.label, b.label, seeds, mean, low, high, t, p, is_fraction(metric))
 
 
 def _pct(x: float, digits: int = 2) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.{digits}f}"
 
 
-def summarise(variant: Variant) -> dict[str, Any]:
-    """One row of the comparison: the variant's settings and statistics."""
-    final, best = variant.values("final_test_acc"), variant.values("best_test_acc")
+def _value(x: float, metric: str) -> str:
+    return _pct(x) if is_fraction(metric) else ("n/a" if math.isnan(x) else f"{x:.4g}")
+
+
+def summarise(variant: Variant, metric: str = DEFAULT_METRIC) -> dict[str, Any]:
+    """One row of the comparison: the variant's settings and statistics of ``metric``."""
+    final, best = variant.finals(metric), variant.bests(metric)
     final_mean, final_std = mean_std(final)
     best_mean, best_std = mean_std(best)
     low, high = confidence_interval(final)
@@ -176,31 +214,36 @@ def summarise(variant: Variant) -> dict[str, Any]:
     params = variant.values("num_params")
     return {
         "variant": variant.label, **variant.settings, "n": len(variant.done), "n_failed": len(variant.not_done),
-        "final_test_acc_mean": final_mean, "final_test_acc_std": final_std, "final_test_acc_ci95_low": low,
-        "final_test_acc_ci95_high": high, "best_test_acc_mean": best_mean, "best_test_acc_std": best_std,
+        f"final_{metric}_mean": final_mean, f"final_{metric}_std": final_std, f"final_{metric}_ci95_low": low,
+        f"final_{metric}_ci95_high": high, f"best_{metric}_mean": best_mean, f"best_{metric}_std": best_std,
         "epoch_seconds": epoch_seconds, "num_params": int(params[0]) if params else None,
     }  # fmt: skip
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table, accuracies in percent."""
-    header = "| variant | n | failed | final test acc % (mean ± std) | 95% CI | best test acc % | epoch s | params |"
+def markdown_table(rows: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> str:
+    """The rows as a Markdown table, fractions (accuracies) in percent."""
+    name = ("final test acc %" if metric == DEFAULT_METRIC else f"final {metric}") + (
+        " %" if is_fraction(metric) and metric != DEFAULT_METRIC else ""
+    )
+    best = "best test acc %" if metric == DEFAULT_METRIC else f"best {metric}"
+    header = f"| variant | n | failed | {name} (mean ± std) | 95% CI | {best} | epoch s | params |"
     lines = [header, "|---|---:|---:|---|---|---|---:|---:|"]
     for r in rows:
-        low, high = r["final_test_acc_ci95_low"], r["final_test_acc_ci95_high"]
-        ci = "n/a" if math.isnan(low) else f"{_pct(low)}–{_pct(high)}"
+        low, high = r[f"final_{metric}_ci95_low"], r[f"final_{metric}_ci95_high"]
+        ci = "n/a" if math.isnan(low) else f"{_value(low, metric)}–{_value(high, metric)}"
         seconds = "n/a" if math.isnan(r["epoch_seconds"]) else f"{r['epoch_seconds']:.2f}"
         params = "n/a" if r["num_params"] is None else str(r["num_params"])
         lines.append(
             f"| {r['variant']} | {r['n']} | {r['n_failed']} "
-            f"| {_pct(r['final_test_acc_mean'])} ± {_pct(r['final_test_acc_std'])} | {ci} "
-            f"| {_pct(r['best_test_acc_mean'])} ± {_pct(r['best_test_acc_std'])} | {seconds} | {params} |"
+            f"| {_value(r[f'final_{metric}_mean'], metric)} ± {_value(r[f'final_{metric}_std'], metric)} | {ci} "
+            f"| {_value(r[f'best_{metric}_mean'], metric)} ± {_value(r[f'best_{metric}_std'], metric)} "
+            f"| {seconds} | {params} |"
         )
     return "\n".join(lines)
 
 
-def plot(variants: list[Variant], path: Path) -> None:
-    """Test accuracy per epoch: the mean over seeds as a line, ± one std as a band, per variant."""
+def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC) -> None:
+    """``metric`` per epoch: the mean over seeds as a line, ± one std as a band, per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,11 +251,12 @@ def plot(variants: list[Variant], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant in variants:
-        curves = [[row["test_acc"] for row in j.metrics] for j in variant.done if j.metrics]
+        curves = [[row[metric] for row in j.metrics] for j in variant.done if j.metrics and metric in j.metrics[0]]
         if not curves:
             continue
         epochs = min(len(c) for c in curves)
-        per_epoch = [[100 * c[e] for c in curves] for e in range(epochs)]
+        scale = 100 if is_fraction(metric) else 1
+        per_epoch = [[scale * c[e] for c in curves] for e in range(epochs)]
         mean = [statistics.fmean(v) for v in per_epoch]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
         xs = list(range(1, epochs + 1))
@@ -225,8 +269,9 @@ def plot(variants: list[Variant], path: Path) -> None:
             alpha=0.2,
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("test accuracy per epoch: mean over seeds ± 1 std")
+    label = "test accuracy" if metric == DEFAULT_METRIC else metric
+    ax.set_ylabel(f"{label} (%)" if is_fraction(metric) else label)
+    ax.set_title(f"{label} per epoch: mean over seeds ± 1 std")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -234,27 +279,39 @@ def plot(variants: list[Variant], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(sweep_dir: Path, out_dir: Optional[Path] = None) -> str:
-    """Write comparison.md/.csv/.png for the sweep in ``sweep_dir``; return the Markdown report."""
+def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAULT_METRIC) -> str:
+    """Write comparison.md/.csv/.png for the sweep in ``sweep_dir``, by ``metric``; return the Markdown report."""
     out_dir = out_dir or sweep_dir
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise SystemExit(f"error: no jobs under {sweep_dir} (looked for */.hydra/overrides.yaml); pass a multirun dir")
+    known = {key for job in jobs for row in job.metrics for key in row}
+    if known and metric not in known:
+        raise SystemExit(f"error: no epoch of these jobs records {metric!r}; metrics.jsonl keys: {', '.join(sorted(known))}")
     variants = group_variants(jobs)
-    rows = [summarise(v) for v in variants]
+    rows = [summarise(v, metric) for v in variants]
     # only pairs run on at least two shared seeds can be tested (an Optuna search shares none)
-    tests = [t for a, b in combinations(variants, 2) if (t := paired_test(a, b)) is not None and len(t.seeds) > 1]
+    tests = [
+        t for a, b in combinations(variants, 2) if (t := paired_test(a, b, metric)) is not None and len(t.seeds) > 1
+    ]
+    ranked = sorted(
+        (r for r in rows if not math.isnan(r[f"final_{metric}_mean"])),
+        key=lambda r: r[f"final_{metric}_mean"], reverse=not lower_is_better(metric),
+    )  # fmt: skip
 
     lines = [
         f"# Comparison of {sweep_dir}",
         "",
         f"{len(jobs)} jobs, {len(variants)} variants.",
         "",
-        markdown_table(rows),
+        markdown_table(rows, metric),
         "",
     ]
+    if len(ranked) > 1:
+        lines += [f"Ranked by final {metric}, best first: " + " > ".join(r["variant"] for r in ranked) + ".", ""]
     if tests:
-        lines += ["## Paired tests of final test accuracy over seeds", ""]
+        name = "test accuracy" if metric == DEFAULT_METRIC else metric
+        lines += [f"## Paired tests of final {name} over seeds", ""]
         lines += [f"- {t.sentence()}" for t in tests]
         if len(tests) > 1:
             bonferroni = ALPHA / len(tests)
@@ -278,19 +335,21 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None) -> str:
         writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-    plot(variants, out_dir / "comparison.png")
+    plot(variants, out_dir / "comparison.png", metric)
     return report
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Command line: ``python -m lenet.compare SWEEP_DIR [--out DIR]``."""
+    """Command line: ``python -m lenet.compare SWEEP_DIR [--out DIR] [--metric KEY]``."""
     parser = argparse.ArgumentParser(prog="python -m lenet.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. multirun/2026-11-28/14-10-55")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
+    parser.add_argument("--metric", default=DEFAULT_METRIC,
+                        help="a metrics.jsonl key to compare by, e.g. test_top5 or test_loss (default: test_acc)")  # fmt: skip
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a directory")
-    print(compare(args.sweep_dir, args.out))
+    print(compare(args.sweep_dir, args.out, args.metric))
     print(f"\nwrote comparison.md, comparison.csv and comparison.png to {args.out or args.sweep_dir}", file=sys.stderr)
 
 

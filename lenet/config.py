@@ -79,6 +79,7 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC memory format for the model's activations
     resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
     progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal
+    metrics: List[str] = field(default_factory=lambda: ["accuracy"])  # lenet.metrics names or dotted paths
 
 
 @dataclass

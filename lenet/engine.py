@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lenet.errors import Interrupted
+from lenet.metrics import Metric, compute
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -79,16 +80,19 @@ def evaluate(
     labels: torch.Tensor,
     batch_size: int,
     bf16: bool = False,
-) -> tuple[float, float]:
-    """Mean loss and accuracy (a fraction) of ``model`` on ``images`` in fixed order."""
+    metrics: Optional[dict[str, Metric]] = None,
+) -> dict[str, float]:
+    """``test_loss`` (the mean loss), ``test_acc`` and every metric's values of ``model`` on ``images``, in fixed order."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    scores = []
     for start in range(0, len(labels), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         with autocast(images.device, bf16):
             logits = model(x)
             loss_sum += loss_fn(logits, y).float() * len(y)  # a loss is a mean: any callable (scores, targets)
-        correct += (logits.argmax(dim=1) == y).sum()
+        scores.append(logits.float())
+    all_scores = torch.cat(scores)
+    correct = (all_scores.argmax(dim=1) == labels).sum()
     n = len(labels)
-    return loss_sum.item() / n, correct.item() / n
+    return {"test_loss": loss_sum.item() / n, "test_acc": correct.item() / n, **compute(metrics or {}, all_scores, labels)}

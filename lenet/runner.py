@@ -31,6 +31,7 @@ from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
 from lenet.data import CHANNELS
 from lenet.losses import build_loss
+from lenet.metrics import get_metric
 from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys, split_override
@@ -227,12 +228,15 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             forward = torch.compile(model) if cfg.trainer.compile else model
             optimizer = build_optimizer(model, cfg.optimizer, device)
             loss_fn = build_loss(cfg.loss)
+            # test_acc is always recorded; the others add test_<name> keys to every row
+            metric_fns = {name: get_metric(name) for name in cfg.trainer.metrics if name != "accuracy"}
             train, test = load_dataset(
                 cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
                 cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
             )  # fmt: skip
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, METRIC_KEYS)
+            monitorable = METRIC_KEYS + [f"test_{name.rsplit('.', 1)[-1]}" for name in metric_fns]
+            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable)
             generator = torch.Generator().manual_seed(cfg.seed)
             if tracker.wandb_run is not None:
                 tracker.wandb_run.wait_started()  # W&B started its run while the data loaded
@@ -276,9 +280,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                     scheduler=scheduler.per_step, bf16=bf16, progress=progress, stop_requested=stop,
                     desc=f"epoch {epoch}/{cfg.trainer.epochs}",
                 )  # fmt: skip
-                test_loss, test_acc = evaluate(
-                    forward, loss_fn, test.images, test.labels, cfg.trainer.eval_batch_size, bf16
+                evaluation = evaluate(
+                    forward, loss_fn, test.images, test.labels, cfg.trainer.eval_batch_size, bf16, metric_fns
                 )
+                test_loss, test_acc = evaluation.pop("test_loss"), evaluation.pop("test_acc")
                 seconds = time.perf_counter() - epoch_start
                 if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
                     kept = (
@@ -293,7 +298,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                     )
                 history.append(
                     {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
-                     "lr": lr, "seconds": seconds}
+                     "lr": lr, "seconds": seconds, **evaluation}
                 )  # fmt: skip
                 scheduler.step_epoch(history[-1])
                 elapsed = elapsed_before + time.perf_counter() - started
@@ -342,6 +347,7 @@ def _fill_results(summary: dict[str, Any], history: list[dict[str, Any]]) -> Non
         final_train_loss=history[-1]["train_loss"], best_test_acc=best["test_acc"], best_epoch=best["epoch"],
         epochs_completed=len(history), seconds_per_epoch=sum(r["seconds"] for r in history) / len(history),
     )  # fmt: skip
+    summary.update({f"final_{key}": value for key, value in history[-1].items() if key not in METRIC_KEYS})
 
 
 def _failed_summary(job: JobInfo, error: str) -> None:

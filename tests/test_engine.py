@@ -52,8 +52,9 @@ def test_an_optimizer_that_needs_a_closure_trains():
 def test_mean_loss_and_accuracy_do_not_depend_on_the_eval_batch_size():
     model = create_model("lenet5")
     images, labels = data(100)
-    loss_a, acc_a = evaluate(model, F.cross_entropy, images, labels, batch_size=7)
-    loss_b, acc_b = evaluate(model, F.cross_entropy, images, labels, batch_size=1000)
+    a = evaluate(model, F.cross_entropy, images, labels, batch_size=7)
+    b = evaluate(model, F.cross_entropy, images, labels, batch_size=1000)
+    (loss_a, acc_a), (loss_b, acc_b) = (a["test_loss"], a["test_acc"]), (b["test_loss"], b["test_acc"])
     assert acc_a == acc_b and loss_a == pytest.approx(loss_b, rel=1e-5)
     with torch.no_grad():
         expected = (model(images).argmax(1) == labels).float().mean().item()

@@ -1,0 +1,79 @@
+"""Per-epoch metrics on the test set: functions of all its scores and targets, chosen in ``trainer.metrics``.
+
+A metric is one function ``(scores (N, C), targets (N,)) -> float`` or ``-> dict[str, float]`` (several
+values, e.g. one per class), registered with ``@register_metric`` or named by its dotted import path
+(``my_pkg.metrics.f1``). Its values land in ``metrics.jsonl`` as ``test_<name>`` (``test_<name>_<key>``
+for a dict), in ``summary.json`` as ``final_test_<name>...`` and in every logger.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+
+from lenet.errors import ConfigError
+
+Metric = Callable[[torch.Tensor, torch.Tensor], Union[float, dict[str, float]]]
+_METRICS: dict[str, Metric] = {}
+
+
+def register_metric(fn: Metric) -> Metric:
+    """Register a metric under its function's name; a duplicate name raises."""
+    if fn.__name__ in _METRICS:
+        raise ValueError(f"metric {fn.__name__!r} is already registered (by {_METRICS[fn.__name__].__module__})")
+    _METRICS[fn.__name__] = fn
+    return fn
+
+
+def list_metrics() -> list[str]:
+    """Names of the registered metrics, sorted."""
+    return sorted(_METRICS)
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric ``name``, or the function a dotted ``name`` imports; else ConfigError."""
+    if name in _METRICS:
+        return _METRICS[name]
+    if "." in name:
+        from hydra.utils import get_method
+
+        try:
+            return get_method(name)
+        except Exception as e:  # Hydra wraps import errors of every kind
+            raise ConfigError(f"trainer.metrics: cannot import {name}: {str(e).splitlines()[0]}") from None
+    raise ConfigError(
+        f"trainer.metrics: unknown metric {name!r}; known: {', '.join(list_metrics())}, or a dotted path to a function"
+    )
+
+
+def compute(metrics: dict[str, Metric], scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Every metric's values on ``scores``, keyed ``test_<name>`` (``test_<name>_<key>`` for several)."""
+    row: dict[str, float] = {}
+    for name, fn in metrics.items():
+        value = fn(scores, targets)
+        if isinstance(value, dict):
+            row.update({f"test_{name.rsplit('.', 1)[-1]}_{key}": float(v) for key, v in value.items()})
+        else:
+            row[f"test_{name.rsplit('.', 1)[-1]}"] = float(value)
+    return row
+
+
+@register_metric
+def accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of the images whose highest score is their class (``test_acc``, always recorded)."""
+    return (scores.argmax(dim=1) == targets).float().mean().item()
+
+
+@register_metric
+def top5(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of the images whose class is among their five highest scores."""
+    top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    return (top == targets[:, None]).any(dim=1).float().mean().item()
+
+
+@register_metric
+def per_class_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Accuracy over the images of each class that the test set holds, keyed by the class."""
+    correct = scores.argmax(dim=1) == targets
+    return {str(c): correct[targets == c].float().mean().item() for c in targets.unique().tolist()}

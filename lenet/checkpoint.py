@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lenet.errors import ConfigError
+from lenet.errors import CheckpointError, ConfigError
 from lenet.tracking import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -40,12 +40,33 @@ def save_checkpoint(
         torch.save(state, tmp)
 
 
+CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "history": list, "config": dict,
+                   "wall_seconds": (int, float)}  # fmt: skip
+
+
+def _unusable(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"cannot resume from {path}: {why}; delete it to start this run over, or start a new run dir "
+        "(another hydra.run.dir, or trainer.resume=false)"
+    )
+
+
 def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
-    """The state saved at ``path``, or None when there is no checkpoint."""
-    if not path.is_file():
+    """The state saved at ``path``, or None when there is none; a file that is not one of ours raises CheckpointError."""
+    if not path.exists():
         return None
-    # tensors, numbers, strings and containers only: a crafted file cannot run code when it is read
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise _unusable(path, "it is not a file")
+    try:
+        # tensors, numbers, strings and containers only: a crafted file cannot run code when it is read
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for empty, truncated, corrupt or foreign files
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise _unusable(path, f"it is empty, truncated, corrupt or not a checkpoint ({type(e).__name__}: {reason})")
+    missing = [k for k, kind in CHECKPOINT_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    if missing:
+        raise _unusable(path, f"it is not a checkpoint of this harness (no valid {', '.join(missing)})")
+    return state
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -100,13 +121,12 @@ def restore(
             f"cannot resume from {path}: it was made with different values of {', '.join(changed)}; "
             "resume with the same config or start a new run dir"
         )
-    model.load_state_dict(checkpoint["model"])
     try:
+        model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])  # its step count places the lr schedule
-    except (KeyError, ValueError, TypeError) as e:
-        raise ConfigError(
-            f"cannot resume from {path}: its optimizer or scheduler state does not fit ({e}); start a new run dir"
-        ) from None
-    set_rng_state(checkpoint["rng"], generator)
+        set_rng_state(checkpoint["rng"], generator)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise _unusable(path, f"its saved state does not fit this model and optimizer ({type(e).__name__}: {reason})")
     return checkpoint["history"], checkpoint["wall_seconds"]

@@ -13,6 +13,10 @@ class DataError(UserError):
     """The dataset is missing, truncated or corrupt."""
 
 
+class CheckpointError(UserError):
+    """A checkpoint to resume from is unusable (empty, corrupt, foreign, made for another model)."""
+
+
 class DeviceError(UserError):
     """The requested device is not available on this machine."""
 

@@ -36,7 +36,7 @@ from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys, split_override
 from lenet.threads import available_cores, choose_num_threads
-from lenet.tracking import Tracker, start_wandb
+from lenet.tracking import Tracker, atomic_file, remove_stale_temporaries, start_wandb
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
+    remove_stale_temporaries(run_dir)
     tracker = Tracker(run_dir)
     exit_code = 1
     elapsed_before = 0.0
@@ -313,7 +314,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 )  # fmt: skip
 
             weights = run_dir / f"lenet_{cfg.data.name}.pth"
-            torch.save(model.state_dict(), weights)
+            with atomic_file(weights) as tmp:  # a crash never leaves a truncated weights file
+                torch.save(model.state_dict(), tmp)
             summary["weights"] = weights.name
             if cfg.logger.log_model:
                 tracker.log_weights(weights, f"lenet_{cfg.data.name}")

@@ -37,18 +37,38 @@ def atomic_file(path: Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
+        _fsync(Path(tmp))  # the data on disk before the rename makes it visible
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename itself, so a power cut keeps the old file or the new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on every OS (Windows); nothing to sync there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files that ``atomic_file`` left in ``folder`` when a process died before its rename."""
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new file, never a part."""
-    with atomic_file(path) as tmp, open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Interruptions, resumption, divergence and reproducibility."""
 
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from torch import nn
 import lenet.models as models
 from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lenet.config import register_configs, to_typed
-from lenet.errors import ConfigError, DivergedError
+from lenet.errors import CheckpointError, ConfigError, DivergedError
 from lenet.runner import JobInfo, run_job
 
 from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
@@ -124,3 +125,76 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1]
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "failed" and "loss became nan" in summary["error"]
+
+
+class CreatesAFileWhenUnpickled:
+    """What a crafted checkpoint.pt could hold: unpickling it would run code (here: create a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.path,))
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _foreign(path):
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
+def _other_model(path):
+    state = torch.load(path, weights_only=True)
+    state["model"]["fc3.weight"] = torch.zeros(12, 84)
+    torch.save(state, path)
+
+
+def _directory(path):
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize(
+    "damage,fragment",
+    [
+        (lambda p: p.write_bytes(b""), "empty, truncated, corrupt or not a checkpoint"),
+        (_truncated, "empty, truncated, corrupt or not a checkpoint"),
+        (lambda p: p.write_bytes(b"\x00garbage" * 100), "empty, truncated, corrupt or not a checkpoint"),
+        (_foreign, "not a checkpoint of this harness (no valid model, optimizer, scheduler, rng, history, config"),
+        (_other_model, "its saved state does not fit this model and optimizer (RuntimeError: Error(s) in loading"),
+        (_directory, "it is not a file"),
+    ],
+    ids=["empty", "truncated", "garbage", "foreign", "other-model", "directory"],
+)
+def test_an_unusable_checkpoint_is_one_line_saying_how_to_start_over(tmp_path, damage, fragment):
+    _, run_dir = run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=1")
+    damage(run_dir / CHECKPOINT_FILE)
+    cfg, record = compose_config("data.train_size=256", "trainer.epochs=1", "trainer.resume=true")
+    with pytest.raises(CheckpointError) as error:
+        run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record)
+    message = str(error.value)
+    assert fragment in message and "\n" not in message, message
+    assert "delete it to start this run over, or start a new run dir" in message
+
+
+def test_a_crafted_checkpoint_cannot_run_code_when_resumed(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"model": CreatesAFileWhenUnpickled(str(marker))}, run_dir / CHECKPOINT_FILE)
+    cfg, record = compose_config("data.train_size=256", "trainer.epochs=1", "trainer.resume=true")
+    with pytest.raises(CheckpointError, match="Weights only load failed|not a checkpoint"):
+        run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record)
+    assert not marker.exists()
+
+
+def test_a_run_leaves_no_temporary_files_and_removes_stale_ones(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint from a killed run")
+    cfg, record = compose_config("data.train_size=256", "trainer.epochs=1")
+    run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record)
+    assert not list(run_dir.glob(".*.tmp"))
+    assert set(torch.load(run_dir / "lenet_synthetic.pth")) >= {"conv1.weight", "fc3.bias"}

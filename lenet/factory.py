@@ -62,7 +62,8 @@ def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, A
     if unknown:
         drop = " ".join(f"'~{key}.{k}'" for k in unknown)
         raise ConfigError(
-            f"{name} takes no argument {', '.join(f'{key}.{k}' for k in unknown)} (it takes {', '.join(accepted[len(args):])}); "
+            f"{name} takes no argument {', '.join(f'{key}.{k}={bound.keywords[k]!r}' for k in unknown)} "
+            f"(it takes {', '.join(accepted[len(args):])}); "
             f"drop it with {drop} or choose an option whose keys fit"
         )
     extra = {k: v for k, v in (offered or {}).items() if k in accepted and k not in bound.keywords}

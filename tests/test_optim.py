@@ -124,7 +124,7 @@ def test_a_models_parameter_groups_are_used():
     "cfg,fragments",
     [
         ({"_target_": "torch.optim.NAdam", "lr": 1e-3, "momentum": 0.9},
-         ["takes no argument optimizer.momentum", "'~optimizer.momentum'", "momentum_decay"]),
+         ["takes no argument optimizer.momentum=0.9", "'~optimizer.momentum'", "momentum_decay"]),
         ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": -0.5},
          ["refused its arguments", "momentum=-0.5", "Invalid momentum value"]),
         ({"_target_": "torch.optim.SGD", "lr": float("nan")}, ["optimizer.lr must be a finite number > 0, got nan"]),
@@ -174,7 +174,7 @@ def test_reduce_on_plateau_watches_a_metric_once_per_epoch():
         ("cosine", {"warmup_epochs": 10}, "warmup_epochs must be in [0, trainer.epochs)"),
         ("cosine", {"min_lr": 0.5}, "min_lr must be in [0, the optimizer's lr"),
         ("onecycle", {"interval": "batch"}, "scheduler.interval must be step or epoch"),
-        ("step", {"step_size": 3}, "takes no argument scheduler.step_size"),
+        ("step", {"step_size": 3}, "takes no argument scheduler.step_size=3"),
     ],
 )
 def test_scheduler_values_are_checked_with_the_key_named(name, override, fragment):

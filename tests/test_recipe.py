@@ -138,9 +138,9 @@ def test_a_model_of_your_own_is_one_module_and_one_yaml_with_its_settings(tmp_pa
     assert summary["num_params"] == (12 * 25 + 12) + (12 * 28 * 28 * 10 + 10)  # width 3: 12 maps
     unknown = run_train("model=wide", "+model.depth=2", search, *TINY, cwd=tmp_path, env=env)
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "Traceback" not in unknown.stderr
-    assert "takes no argument model.depth (it takes width, in_channels, num_classes)" in unknown.stderr
+    assert "takes no argument model.depth=2 (it takes width, in_channels, num_classes)" in unknown.stderr
     pooled = run_train("model=wide", "pooling=avg", search, *TINY, cwd=tmp_path, env=env)
-    assert pooled.returncode == 1 and "takes no argument model.pooling" in pooled.stderr
+    assert pooled.returncode == 1 and "takes no argument model.pooling='avg'" in pooled.stderr
 
 
 @pytest.mark.slow
@@ -150,6 +150,6 @@ def test_a_setting_of_a_registered_model_and_a_loss_setting_from_the_command_lin
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["num_params"] == 61_706 + 2 * 85 and summary["loss"] == "cross_entropy"  # two more outputs
     wrong = run_train("+model.width=2", *TINY, cwd=tmp_path)
-    assert wrong.returncode == 1 and "takes no argument model.width (it takes pooling, num_classes, in_channels)" in (
+    assert wrong.returncode == 1 and "takes no argument model.width=2 (it takes pooling, num_classes, in_channels)" in (
         wrong.stderr
     )

@@ -47,15 +47,20 @@ def get_metric(name: str) -> Metric:
     )
 
 
+def metric_key(name: str) -> str:
+    """The metrics.jsonl key of metric ``name`` (a dotted path's last part): ``test_<name>``."""
+    return f"test_{name.rsplit('.', 1)[-1]}"
+
+
 def compute(metrics: dict[str, Metric], scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Every metric's values on ``scores``, keyed ``test_<name>`` (``test_<name>_<key>`` for several)."""
     row: dict[str, float] = {}
     for name, fn in metrics.items():
         value = fn(scores, targets)
         if isinstance(value, dict):
-            row.update({f"test_{name.rsplit('.', 1)[-1]}_{key}": float(v) for key, v in value.items()})
+            row.update({f"{metric_key(name)}_{key}": float(v) for key, v in value.items()})
         else:
-            row[f"test_{name.rsplit('.', 1)[-1]}"] = float(value)
+            row[metric_key(name)] = float(value)
     return row
 
 

@@ -26,12 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from lenet.config import Config, Precision, to_typed
-from lenet.data import load_dataset
+from lenet.data import CHANNELS, load_dataset
 from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
-from lenet.data import CHANNELS
 from lenet.losses import build_loss
-from lenet.metrics import get_metric
+from lenet.metrics import get_metric, metric_key
 from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys, split_override
@@ -193,10 +192,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
-        "model": cfg.model.get("name") or job.label_of("model", cfg.model), "pooling": cfg.model.get("pooling"), "loss": job.label_of("loss", cfg.loss),
-        "optimizer": job.label_of("optimizer", cfg.optimizer), "scheduler": job.label_of("scheduler", cfg.scheduler),
-        "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
-        "num_threads": None, "num_threads_probe": None,
+        "model": cfg.model.get("name") or job.label_of("model", cfg.model), "pooling": cfg.model.get("pooling"),
+        "loss": job.label_of("loss", cfg.loss), "optimizer": job.label_of("optimizer", cfg.optimizer),
+        "scheduler": job.label_of("scheduler", cfg.scheduler), "dataset": cfg.data.name, "seed": cfg.seed,
+        "device": None, "num_threads": None, "num_threads_probe": None,
         "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
@@ -236,7 +235,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
             )  # fmt: skip
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-            monitorable = METRIC_KEYS + [f"test_{name.rsplit('.', 1)[-1]}" for name in metric_fns]
+            monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]
             scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable)
             generator = torch.Generator().manual_seed(cfg.seed)
             if tracker.wandb_run is not None:

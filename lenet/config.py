@@ -40,15 +40,17 @@ class WandbMode(Enum):
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # mnist | fashion_mnist | kmnist | synthetic
+    name: str = MISSING  # a registered dataset (lenet.data.list_datasets()), or any name with data.loader
+    loader: Optional[str] = None  # dotted path to a loader function of your own; null: the registered `name`
     root: str = "data"  # folder holding NAME/raw/*-ubyte[.gz] or the four files; relative to where you started
     download: bool = True  # fetch with torchvision when the files are missing
     resize: Resize = Resize.pad
-    num_classes: int = 10  # offered to the model's factory as num_classes
-    mean: float = MISSING  # of the training pixels in [0, 1]
-    std: float = MISSING
-    train_size: int = 2000  # synthetic data only: number of generated images
-    test_size: int = 500  # synthetic data only
+    size: int = 32  # the model's input side: images are padded or resized to size x size
+    num_classes: int = 10  # offered to the model's factory as num_classes; labels must lie in 0..num_classes-1
+    mean: List[float] = MISSING  # per channel, of the training pixels in [0, 1]; its length is the channel count
+    std: List[float] = MISSING
+    train_size: int = 2000  # loaders that generate data (synthetic): number of training images
+    test_size: int = 500  # and of test images
 
 
 @dataclass
@@ -128,7 +130,11 @@ def validate(cfg: Config) -> None:
     _require(trainer.epochs >= 1, "trainer.epochs", ">= 1", trainer.epochs)
     _require(trainer.batch_size >= 1, "trainer.batch_size", ">= 1", trainer.batch_size)
     _require(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", ">= 1", trainer.eval_batch_size)
-    _require(_positive(cfg.data.std), "data.std", "a finite number > 0", cfg.data.std)
+    _require(all(_positive(v) for v in cfg.data.std) and len(cfg.data.std) >= 1, "data.std",
+             "finite numbers > 0", cfg.data.std)  # fmt: skip
+    _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "one value per channel, as data.std", cfg.data.mean)
+    _require(cfg.data.size >= 1, "data.size", ">= 1", cfg.data.size)
+    _require(cfg.data.num_classes >= 1, "data.num_classes", ">= 1", cfg.data.num_classes)
     _require(cfg.data.train_size >= 1, "data.train_size", ">= 1", cfg.data.train_size)
     _require(cfg.data.test_size >= 1, "data.test_size", ">= 1", cfg.data.test_size)
     threads = cfg.device.num_threads

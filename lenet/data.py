@@ -1,4 +1,11 @@
-"""Datasets as tensors: IDX reading, download, preprocessing once, and shuffled mini-batches."""
+"""Datasets as tensors: a registry of loaders, IDX reading and download, and preprocessing once.
+
+A dataset is one loader function registered with ``@register_dataset`` (or named by ``data.loader``,
+a dotted path) that returns ``{"train": (images, labels), "test": (images, labels)}``: uint8 images
+``(N, H, W)`` or ``(N, H, W, C)`` and integer labels. Its YAML holds the per-channel mean and std,
+the input size and the number of classes; the loader is called with those of ``root``, ``download``,
+``train_size`` and ``test_size`` that it takes.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,15 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
-from lenet.errors import DataError
+from lenet.errors import ConfigError, DataError
+from lenet.factory import accepted_arguments
 
 # torchvision's folder name for each dataset: files live in ROOT/<folder>/raw/
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -20,7 +30,6 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_SIDE = 32  # LeNet-5's input: 28x28 digits centred in a 32x32 field
-CHANNELS = 1  # grayscale: the images are preprocessed to (N, CHANNELS, 32, 32)
 PREPROCESS_CHUNK = 1024  # images per preprocessing pass: ~4 MB of float32 intermediates
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -29,7 +38,7 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 class Split:
     """One split of a dataset as tensors on the training device."""
 
-    images: torch.Tensor  # (N, 1, 32, 32) float32, normalised
+    images: torch.Tensor  # (N, C, size, size) float32, normalised
     labels: torch.Tensor  # (N,) int64
 
     def __len__(self) -> int:
@@ -195,28 +204,120 @@ def resize_matrix(size: int, new_size: int) -> torch.Tensor:
     return resized.view(size, new_size).t()
 
 
-def preprocess(images: np.ndarray, resize: str, mean: float, std: float, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> normalised float32 (N, 1, 32, 32) on ``device``, by zero padding or bilinear resize."""
-    pixels = torch.from_numpy(images).to(device).unsqueeze(1)
-    height, width = pixels.shape[-2:]
+def _per_channel(values: Union[float, Sequence[float]], channels: int, key: str) -> list[float]:
+    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) != channels:
+        raise DataError(f"{key} has {len(values)} values but the images have {channels} channels: give one per channel")
+    return values
+
+
+def preprocess(
+    images: np.ndarray,
+    resize: str,
+    mean: Union[float, Sequence[float]],
+    std: Union[float, Sequence[float]],
+    device: torch.device,
+    size: int = IMAGE_SIDE,
+) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) -> normalised float32 (N, C, size, size) on ``device``, by zero padding or bilinear resize."""
+    pixels = torch.from_numpy(images).to(device)
+    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+    channels, height, width = pixels.shape[1:]
+    means, stds = _per_channel(mean, channels, "data.mean"), _per_channel(std, channels, "data.std")
     if resize == "pad":  # 1998 paper: the 28x28 digit centred in a 32x32 field of background
-        top, left = (IMAGE_SIDE - height) // 2, (IMAGE_SIDE - width) // 2
-        padding = (left, IMAGE_SIDE - width - left, top, IMAGE_SIDE - height - top)
+        if height > size or width > size:
+            raise DataError(
+                f"the images are {height}x{width}, larger than data.size={size}: padding cannot fit them; "
+                "set data.resize=resize (or a larger data.size for a model that takes it)"
+            )
+        top, left = (size - height) // 2, (size - width) // 2
+        padding = (left, size - width - left, top, size - height - top)
         transform = lambda x: F.pad(x, padding)
     elif resize == "resize":  # as torchvision's Resize(32): antialiased bilinear
         # one matrix product per axis, (32, 28) @ x @ (28, 32): 1.7x faster than F.interpolate here
-        rows = resize_matrix(height, IMAGE_SIDE).to(device)
-        cols = resize_matrix(width, IMAGE_SIDE).to(device).t()
+        rows = resize_matrix(height, size).to(device)
+        cols = resize_matrix(width, size).to(device).t()
         transform = lambda x: rows @ x @ cols
     else:
         raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
-    out = torch.empty(len(pixels), 1, IMAGE_SIDE, IMAGE_SIDE, device=device)
-    # a chunk at a time into the final tensor: the same bits as whole-set passes, whose ~700 MB of intermediates
-    # a fresh process paid for page by page (loading MNIST in train.py: 0.5-1.5 s -> 0.25-0.4 s)
+    if channels == 1:  # plain numbers: the bits the harness always had
+        normalise = lambda x: x.sub_(means[0]).div_(stds[0])
+    else:
+        mean_t = torch.tensor(means, device=device).view(1, -1, 1, 1)
+        std_t = torch.tensor(stds, device=device).view(1, -1, 1, 1)
+        normalise = lambda x: x.sub_(mean_t).div_(std_t)
+    out = torch.empty(len(pixels), channels, size, size, device=device)
+    # a chunk at a time into the final tensor: the same bits as whole-set passes, with far less peak memory
     for start in range(0, len(pixels), PREPROCESS_CHUNK):
         chunk = pixels[start : start + PREPROCESS_CHUNK].float().div_(255.0)
-        out[start : start + PREPROCESS_CHUNK] = transform(chunk).sub_(mean).div_(std)
+        out[start : start + PREPROCESS_CHUNK] = normalise(transform(chunk))
     return out
+
+
+# ----------------------------------------------------------------------------- the registry
+
+Loader = Callable[..., dict[str, tuple[np.ndarray, np.ndarray]]]
+_DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(fn: Loader) -> Loader:
+    """Register a dataset loader under its function's name; a duplicate name raises."""
+    if fn.__name__ in _DATASETS:
+        raise ValueError(f"dataset {fn.__name__!r} is already registered (by {_DATASETS[fn.__name__].__module__})")
+    _DATASETS[fn.__name__] = fn
+    return fn
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered datasets, sorted."""
+    return sorted(_DATASETS)
+
+
+def get_loader(name: str, loader: Optional[str] = None) -> Loader:
+    """The loader a dotted ``loader`` path imports, else the registered dataset ``name``."""
+    if loader:
+        from hydra.utils import get_method
+
+        try:
+            return get_method(loader)
+        except Exception as e:  # Hydra wraps import errors of every kind
+            raise ConfigError(f"data.loader: cannot import {loader}: {str(e).splitlines()[0]}") from None
+    if name not in _DATASETS:
+        raise ConfigError(
+            f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or set data.loader to a dotted path"
+        )
+    return _DATASETS[name]
+
+
+def _idx_dataset(name: str) -> Loader:
+    def load(root: Path, download: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        files = locate_raw(root, name, download)
+        return {split: load_idx_split(*paths) for split, paths in files.items()}
+
+    load.__name__ = load.__qualname__ = name
+    load.__doc__ = f"{name} from its four IDX files (torchvision's layout or a flat folder), downloaded if allowed."
+    return load
+
+
+for _name in TORCHVISION_FOLDERS:
+    register_dataset(_idx_dataset(_name))
+
+
+@register_dataset
+def synthetic(train_size: int, test_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Generated seven-segment digits: no files, no network."""
+    return {"train": make_synthetic(train_size, seed=1), "test": make_synthetic(test_size, seed=2)}
+
+
+def _checked_labels(labels: np.ndarray, num_classes: int, name: str, split: str) -> torch.Tensor:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"dataset {name}: {split} labels must be one integer per image, got {labels.dtype} {labels.shape}")
+    if len(labels) and not (0 <= labels.min() and labels.max() < num_classes):
+        raise DataError(
+            f"dataset {name}: {split} labels run from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1}; "
+            "set data.num_classes"
+        )
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def load_dataset(
@@ -224,22 +325,29 @@ def load_dataset(
     root: Path,
     download: bool,
     resize: str,
-    mean: float,
-    std: float,
+    mean: Union[float, Sequence[float]],
+    std: Union[float, Sequence[float]],
     device: torch.device,
     synthetic_sizes: tuple[int, int] = (2000, 500),
+    size: int = IMAGE_SIDE,
+    num_classes: int = 10,
+    loader: Optional[str] = None,
 ) -> tuple[Split, Split]:
-    """The train and official test split of dataset ``name`` as preprocessed tensors on ``device``."""
-    if name == "synthetic":
-        train_size, test_size = synthetic_sizes
-        arrays = {"train": make_synthetic(train_size, seed=1), "test": make_synthetic(test_size, seed=2)}
-    else:
-        files = locate_raw(root, name, download)
-        arrays = {split: load_idx_split(*paths) for split, paths in files.items()}
+    """The train and test split of dataset ``name`` (or of ``loader``) as preprocessed tensors on ``device``."""
+    load = get_loader(name, loader)
+    available = {"root": root, "download": download, "train_size": synthetic_sizes[0], "test_size": synthetic_sizes[1]}
+    accepted, _ = accepted_arguments(load)
+    arrays = load(**{k: v for k, v in available.items() if k in accepted})
     splits = []
     for split in ("train", "test"):
-        images, labels = arrays[split]
-        splits.append(
-            Split(preprocess(images, resize, mean, std, device), torch.from_numpy(labels.astype(np.int64)).to(device))
-        )
+        if split not in arrays:
+            raise DataError(f"dataset {name}: its loader returned no {split!r} split (it returned {sorted(arrays)})")
+        images, labels = (np.asarray(a) for a in arrays[split])
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels) or not len(images):
+            raise DataError(
+                f"dataset {name}: {split} images must be uint8 (N, H, W) or (N, H, W, C) with one label each, "
+                f"got {images.dtype} {images.shape} and {len(labels)} labels"
+            )
+        labels_t = _checked_labels(labels, num_classes, name, split).to(device)
+        splits.append(Split(preprocess(images, resize, mean, std, device, size), labels_t))
     return splits[0], splits[1]

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from lenet.config import Config, Precision, to_typed
-from lenet.data import CHANNELS, load_dataset
+from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
 from lenet.losses import build_loss
@@ -221,7 +221,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
 
             # model and optimizer before the data, so that a wrong argument of theirs fails before any work
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg.model, {"in_channels": CHANNELS, "num_classes": cfg.data.num_classes}).to(device)
+            offered = {"in_channels": len(cfg.data.mean), "num_classes": cfg.data.num_classes}  # what the data decides
+            model = build_model(cfg.model, offered).to(device)
             if cfg.trainer.channels_last:  # NHWC: faster convolution and pooling kernels, measured on CPU
                 model = model.to(memory_format=torch.channels_last)
             summary["num_params"] = num_params(model)
@@ -233,6 +234,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             train, test = load_dataset(
                 cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
                 cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
+                size=cfg.data.size, num_classes=cfg.data.num_classes, loader=cfg.data.loader,
             )  # fmt: skip
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
             monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]

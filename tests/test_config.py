@@ -113,7 +113,8 @@ def test_option_specific_keys_are_checked_against_that_options_schema():
         ("trainer.batch_size=0", "trainer.batch_size"),
         ("trainer.eval_batch_size=-5", "trainer.eval_batch_size"),
         ("device.num_threads=0", "device.num_threads"),
-        ("data.std=0", "data.std"),
+        ("data.std=[0]", "data.std"),
+        ("data.mean=[0.1,0.2]", "data.mean"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):

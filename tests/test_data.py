@@ -1,5 +1,6 @@
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from lenet.data import (
     read_idx,
     resize_matrix,
 )
-from lenet.errors import DataError
+from lenet.errors import ConfigError, DataError
 
 from conftest import REAL_DATA, write_idx, write_mnist
 
@@ -169,3 +170,43 @@ def test_a_failed_download_is_one_line_naming_the_fix(tmp_path, monkeypatch):
         locate_raw(tmp_path, "mnist", download=True)
     message = str(e.value)
     assert "\n" not in message and "urlopen error" in message and "point data.root at a copy" in message
+
+
+def rgb_images(n, side=28, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, side, side, 3), dtype=np.uint8), rng.integers(0, 4, size=n)
+
+
+def test_channels_last_images_are_normalised_per_channel():
+    images, _ = rgb_images(5)
+    out = preprocess(images, "pad", mean=[0.1, 0.5, 0.9], std=[1.0, 0.5, 0.25], device=CPU)
+    assert out.shape == (5, 3, 32, 32)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.1, 0.5, 0.9]).view(
+        1, 3, 1, 1)) / torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)  # fmt: skip
+    assert torch.allclose(out[:, :, 2:30, 2:30], expected, atol=1e-6)
+    with pytest.raises(DataError, match="data.mean has 1 values but the images have 3 channels"):
+        preprocess(images, "pad", mean=[0.5], std=[0.5, 0.5, 0.5], device=CPU)
+
+
+def test_images_larger_than_the_input_are_refused_when_padding_and_resized_otherwise():
+    images, _ = rgb_images(2, side=64)
+    with pytest.raises(DataError, match="the images are 64x64, larger than data.size=32.*data.resize=resize"):
+        preprocess(images, "pad", [0.5] * 3, [0.5] * 3, CPU)
+    assert preprocess(images, "resize", [0.5] * 3, [0.5] * 3, CPU).shape == (2, 3, 32, 32)
+
+
+def test_a_registered_loader_is_a_dataset_and_bad_labels_are_named(monkeypatch):
+    def tiny(train_size, test_size):
+        return {"train": rgb_images(train_size, seed=1), "test": rgb_images(test_size, seed=2)}
+
+    monkeypatch.setitem(data._DATASETS, "tiny", tiny)
+    train, test = load_dataset("tiny", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU, (12, 6), num_classes=4)
+    assert train.images.shape == (12, 3, 32, 32) and len(test) == 6 and int(train.labels.max()) < 4
+    with pytest.raises(DataError, match="labels run from 0 to 3, outside 0..2; set data.num_classes"):
+        load_dataset("tiny", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU, (12, 6), num_classes=3)
+    float_labels = {split: (rgb_images(4)[0], np.full(4, 1.5)) for split in ("train", "test")}
+    monkeypatch.setitem(data._DATASETS, "floats", lambda: float_labels)
+    with pytest.raises(DataError, match="labels must be one integer per image, got float64"):
+        load_dataset("floats", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU)
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar'; known: fashion_mnist, .*kmnist, mnist, synthetic.*data.loader"):
+        load_dataset("cifar", Path("unused"), False, "pad", [0.5], [0.25], CPU)

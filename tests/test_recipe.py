@@ -153,3 +153,54 @@ def test_a_setting_of_a_registered_model_and_a_loss_setting_from_the_command_lin
     assert wrong.returncode == 1 and "takes no argument model.width=2 (it takes pooling, num_classes, in_channels)" in (
         wrong.stderr
     )
+
+
+TINY_RGB = """\
+import numpy as np
+
+
+def tiny_rgb(train_size: int, test_size: int):
+    def split(n, seed):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 4, size=n)
+        images = np.zeros((n, 28, 28, 3), dtype=np.uint8)
+        for c in range(3):  # class k: a bright square in a corner, in channel k % 3
+            images[labels % 3 == c, :, :, c] = 40
+        images[labels == 3, 2:12, 2:12, :] = 250
+        images[labels < 3, 16:26, 16:26, :] = 250
+        return images, labels
+
+    return {"train": split(train_size, 1), "test": split(test_size, 2)}
+"""
+
+TINY_RGB_YAML = """\
+defaults:
+  - /schema_data@_here_
+  - _self_
+
+name: tiny_rgb
+loader: my_data.tiny_rgb
+resize: pad
+num_classes: 4
+mean: [0.3, 0.3, 0.3]
+std: [0.4, 0.4, 0.4]
+train_size: 256
+test_size: 64
+"""
+
+
+@pytest.mark.slow
+def test_a_three_channel_dataset_of_your_own_is_one_loader_and_one_yaml(tmp_path):
+    (tmp_path / "my_data.py").write_text(TINY_RGB)
+    (tmp_path / "my_conf" / "data").mkdir(parents=True)
+    (tmp_path / "my_conf" / "data" / "tiny_rgb.yaml").write_text(TINY_RGB_YAML)
+    result = run_train("data=tiny_rgb", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "logger=none",
+                       "device=cpu", "trainer.epochs=2", "trainer.batch_size=32", "hydra.run.dir=run", cwd=tmp_path,
+                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["dataset"] == "tiny_rgb" and summary["status"] == "completed"
+    assert summary["num_params"] == 61_706 + 2 * 6 * 25 - 6 * 85  # conv1 sees 3 channels, fc3 has 4 outputs
+    assert summary["final_test_acc"] > 0.4  # chance is 0.25: the images and labels reach the model together
+    weights = torch.load(tmp_path / "run" / "lenet_tiny_rgb.pth")
+    assert weights["conv1.weight"].shape == (6, 3, 5, 5) and weights["fc3.weight"].shape == (4, 84)

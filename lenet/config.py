@@ -27,6 +27,19 @@ class Resize(Enum):
     resize = "resize"  # bilinear resize to 32x32, as torchvision's Resize(32)
 
 
+class Augment(Enum):
+    none = "none"
+    distort = "distort"  # the 1998 paper's random affine distortions, per image, on the device
+
+
+@dataclass
+class DistortConfig:
+    scale: float = 0.1  # relative: 0.9-1.1
+    rotation: float = 10.0  # degrees either way
+    shear: float = 0.1  # horizontal, as a slope
+    translate: float = 2.0  # pixels either way
+
+
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"  # autocast to bfloat16 for forward and loss
@@ -49,6 +62,8 @@ class DataConfig:
     num_classes: int = 10  # offered to the model's factory as num_classes; labels must lie in 0..num_classes-1
     mean: List[float] = MISSING  # per channel, of the training pixels in [0, 1]; its length is the channel count
     std: List[float] = MISSING
+    augment: Augment = Augment.none  # of the training batches, on the device
+    distort: DistortConfig = field(default_factory=DistortConfig)  # the ranges of augment=distort
     train_size: int = 2000  # loaders that generate data (synthetic): number of training images
     test_size: int = 500  # and of test images
 

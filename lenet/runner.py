@@ -7,6 +7,7 @@ that the other jobs go on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import importlib
@@ -24,6 +25,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lenet.augment import build_augmentation
 from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from lenet.config import Config, Precision, to_typed
 from lenet.data import load_dataset
@@ -239,7 +241,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
             monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]
             scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable)
-            generator = torch.Generator().manual_seed(cfg.seed)
+            generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation; in the checkpoint
+            augment = build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort))
             if tracker.wandb_run is not None:
                 tracker.wandb_run.wait_started()  # W&B started its run while the data loaded
 
@@ -279,7 +282,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 lr = optimizer.param_groups[0]["lr"]  # of the epoch's first step
                 train_loss = train_one_epoch(
                     forward, loss_fn, optimizer, train.images, train.labels, cfg.trainer.batch_size, generator,
-                    scheduler=scheduler.per_step, bf16=bf16, progress=progress, stop_requested=stop,
+                    scheduler=scheduler.per_step, augment=augment, bf16=bf16, progress=progress, stop_requested=stop,
                     desc=f"epoch {epoch}/{cfg.trainer.epochs}",
                 )  # fmt: skip
                 evaluation = evaluate(

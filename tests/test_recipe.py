@@ -77,19 +77,13 @@ PLATEAU = ["scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau", "sch
            "+scheduler.threshold=10.0"]  # fmt: skip
 
 
-@pytest.mark.parametrize("scheduler", [STEP_LR, PLATEAU], ids=["StepLR", "ReduceLROnPlateau"])
-def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, monkeypatch, scheduler):
-    overrides = ["scheduler=none", *scheduler, "data.train_size=256", "trainer.epochs=3"]
+def exact_resume_check(tmp_path, monkeypatch, overrides):
+    """Run ``overrides`` whole, and stopped after epoch 1 then resumed: the metrics and weights must be equal."""
     full, full_dir = run_in_process(tmp_path, "full", *overrides)
-    lrs = [row["lr"] for row in read_jsonl(full_dir / "metrics.jsonl")]
-    assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # halved after each epoch, by both schedulers here
-
     save = runner.save_checkpoint
-    saves = []
 
     def save_then_stop(*args, **kwargs):  # a SIGTERM right after epoch 1's checkpoint
         save(*args, **kwargs)
-        saves.append(1)
         raise Interrupted("SIGTERM")
 
     monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
@@ -105,6 +99,15 @@ def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, monkey
     )
     w_full, w_part = torch.load(full_dir / "lenet_synthetic.pth"), torch.load(tmp_path / "part" / "lenet_synthetic.pth")
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+    return full, full_dir
+
+
+@pytest.mark.parametrize("scheduler", [STEP_LR, PLATEAU], ids=["StepLR", "ReduceLROnPlateau"])
+def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, monkeypatch, scheduler):
+    overrides = ["scheduler=none", *scheduler, "data.train_size=256", "trainer.epochs=3"]
+    full, full_dir = exact_resume_check(tmp_path, monkeypatch, overrides)
+    lrs = [row["lr"] for row in read_jsonl(full_dir / "metrics.jsonl")]
+    assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # halved after each epoch, by both schedulers here
     assert full["scheduler"] == scheduler[0].split("=")[1]  # no choice known in-process: the _target_ names it
 
 

@@ -63,7 +63,9 @@ def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
     except Exception as e:  # torch raises many kinds for empty, truncated, corrupt or foreign files
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise _unusable(path, f"it is empty, truncated, corrupt or not a checkpoint ({type(e).__name__}: {reason})")
-    missing = [k for k, kind in CHECKPOINT_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    missing = [
+        k for k, kind in CHECKPOINT_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)
+    ]
     if missing:
         raise _unusable(path, f"it is not a checkpoint of this harness (no valid {', '.join(missing)})")
     return state

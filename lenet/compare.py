@@ -287,7 +287,9 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAU
         raise SystemExit(f"error: no jobs under {sweep_dir} (looked for */.hydra/overrides.yaml); pass a multirun dir")
     known = {key for job in jobs for row in job.metrics for key in row}
     if known and metric not in known:
-        raise SystemExit(f"error: no epoch of these jobs records {metric!r}; metrics.jsonl keys: {', '.join(sorted(known))}")
+        raise SystemExit(
+            f"error: no epoch of these jobs records {metric!r}; metrics.jsonl keys: {', '.join(sorted(known))}"
+        )
     variants = group_variants(jobs)
     rows = [summarise(v, metric) for v in variants]
     # only pairs run on at least two shared seeds can be tested (an Optuna search shares none)

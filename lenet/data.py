@@ -311,7 +311,9 @@ def synthetic(train_size: int, test_size: int) -> dict[str, tuple[np.ndarray, np
 
 def _checked_labels(labels: np.ndarray, num_classes: int, name: str, split: str) -> torch.Tensor:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"dataset {name}: {split} labels must be one integer per image, got {labels.dtype} {labels.shape}")
+        raise DataError(
+            f"dataset {name}: {split} labels must be one integer per image, got {labels.dtype} {labels.shape}"
+        )
     if len(labels) and not (0 <= labels.min() and labels.max() < num_classes):
         raise DataError(
             f"dataset {name}: {split} labels run from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1}; "

@@ -99,4 +99,8 @@ def evaluate(
     all_scores = torch.cat(scores)
     correct = (all_scores.argmax(dim=1) == labels).sum()
     n = len(labels)
-    return {"test_loss": loss_sum.item() / n, "test_acc": correct.item() / n, **compute(metrics or {}, all_scores, labels)}
+    return {
+        "test_loss": loss_sum.item() / n,
+        "test_acc": correct.item() / n,
+        **compute(metrics or {}, all_scores, labels),
+    }

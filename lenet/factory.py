@@ -63,7 +63,7 @@ def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, A
         drop = " ".join(f"'~{key}.{k}'" for k in unknown)
         raise ConfigError(
             f"{name} takes no argument {', '.join(f'{key}.{k}={bound.keywords[k]!r}' for k in unknown)} "
-            f"(it takes {', '.join(accepted[len(args):])}); "
+            f"(it takes {', '.join(accepted[len(args) :])}); "
             f"drop it with {drop} or choose an option whose keys fit"
         )
     extra = {k: v for k, v in (offered or {}).items() if k in accepted and k not in bound.keywords}
@@ -77,4 +77,6 @@ def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, A
                 f"{name} needs {' and '.join(f'{key}.{n}' for n in names)}: add it with +{key}.{names[0]}=VALUE"
             ) from None
         settings = ", ".join(f"{k}={v!r}" for k, v in bound.keywords.items())
-        raise ConfigError(f"{key} {name} refused its arguments ({settings}): {e}; fix it with {key}.KEY=VALUE") from None
+        raise ConfigError(
+            f"{key} {name} refused its arguments ({settings}): {e}; fix it with {key}.KEY=VALUE"
+        ) from None

@@ -1,6 +1,5 @@
 """Augmentation on the device: the paper's random affine distortions, per image, reproducible and resumable."""
 
-import pytest
 import torch
 
 from lenet.augment import build_augmentation, distort

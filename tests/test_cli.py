@@ -75,7 +75,11 @@ def test_cfg_job_help_and_info_work_as_in_hydra(tmp_path):
     cfg = run_train("--cfg", "job", "optimizer=adam", "pooling=avg", cwd=tmp_path)
     assert cfg.returncode == 0
     job = yaml.safe_load(cfg.stdout)
-    assert job["optimizer"]["_target_"] == "torch.optim.Adam" and job["model"]["pooling"] == "avg" and job["trainer"]["epochs"] == 10
+    assert (
+        job["optimizer"]["_target_"] == "torch.optim.Adam"
+        and job["model"]["pooling"] == "avg"
+        and job["trainer"]["epochs"] == 10
+    )
     help_ = run_train("--help", cwd=tmp_path)
     assert help_.returncode == 0
     groups = help_.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]

@@ -208,5 +208,7 @@ def test_a_registered_loader_is_a_dataset_and_bad_labels_are_named(monkeypatch):
     monkeypatch.setitem(data._DATASETS, "floats", lambda: float_labels)
     with pytest.raises(DataError, match="labels must be one integer per image, got float64"):
         load_dataset("floats", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU)
-    with pytest.raises(ConfigError, match="unknown dataset 'cifar'; known: fashion_mnist, .*kmnist, mnist, synthetic.*data.loader"):
+    with pytest.raises(
+        ConfigError, match="unknown dataset 'cifar'; known: fashion_mnist, .*kmnist, mnist, synthetic.*data.loader"
+    ):
         load_dataset("cifar", Path("unused"), False, "pad", [0.5], [0.25], CPU)

@@ -69,9 +69,7 @@ def test_shuffling_follows_the_generator():
         model = create_model("lenet5")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         losses.append(
-            train_one_epoch(
-                model, F.cross_entropy, optimizer, images, labels, 16, torch.Generator().manual_seed(seed)
-            )
+            train_one_epoch(model, F.cross_entropy, optimizer, images, labels, 16, torch.Generator().manual_seed(seed))
         )
     assert losses[0] == losses[1] and losses[0] != losses[2]
 

@@ -19,7 +19,11 @@ def test_top5_and_per_class_accuracy_by_hand():
     assert top5(scores, targets) == pytest.approx(2 / 3)  # the second image's class 0 is ranked last
     assert per_class_accuracy(scores, targets) == {"0": 0.5, "1": 0.0}
     row = compute({"top5": top5, "per_class_accuracy": per_class_accuracy}, scores, targets)
-    assert row == {"test_top5": pytest.approx(2 / 3), "test_per_class_accuracy_0": 0.5, "test_per_class_accuracy_1": 0.0}
+    assert row == {
+        "test_top5": pytest.approx(2 / 3),
+        "test_per_class_accuracy_0": 0.5,
+        "test_per_class_accuracy_1": 0.0,
+    }
 
 
 def test_an_unknown_metric_is_one_line_listing_the_known_ones():

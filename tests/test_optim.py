@@ -34,7 +34,9 @@ def lrs(make_scheduler, steps, lr=0.05):
 
 @pytest.mark.parametrize("steps", [5, 10, 469])
 def test_onecycle_follows_torch_onecycle(steps):
-    expected = lrs(lambda o: OneCycleLR(o, 0.05, total_steps=2 * steps, pct_start=0.25, cycle_momentum=False), 2 * steps)
+    expected = lrs(
+        lambda o: OneCycleLR(o, 0.05, total_steps=2 * steps, pct_start=0.25, cycle_momentum=False), 2 * steps
+    )
     assert lrs(lambda o: schedules.onecycle(o, total_steps=2 * steps), 2 * steps) == pytest.approx(
         expected, rel=1e-9, abs=1e-15
     )

@@ -49,7 +49,9 @@ def test_any_torch_optimizer_from_the_command_line(tmp_path):
     assert summary["status"] == "completed" and summary["optimizer"] == "torch.optim.NAdam"  # not "sgd"
     from_adam = run_train("optimizer=adam", "optimizer._target_=torch.optim.NAdam", *TINY, "hydra.run.dir=adam",
                           cwd=tmp_path)  # fmt: skip
-    assert from_adam.returncode == 0 and read_json(tmp_path / "adam" / "summary.json")["optimizer"] == "torch.optim.NAdam"
+    assert (
+        from_adam.returncode == 0 and read_json(tmp_path / "adam" / "summary.json")["optimizer"] == "torch.optim.NAdam"
+    )
 
 
 @pytest.mark.slow
@@ -67,7 +69,10 @@ def test_labels_in_summaries_and_the_comparison_csv_are_the_chosen_options(tmp_p
     compare(tmp_path / "sweep")
     with open(tmp_path / "sweep" / "comparison.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["variant"], r["optimizer"]) for r in rows] == [("optimizer=adam", "adam"), ("optimizer=rmsprop", "rmsprop")]
+    assert [(r["variant"], r["optimizer"]) for r in rows] == [
+        ("optimizer=adam", "adam"),
+        ("optimizer=rmsprop", "rmsprop"),
+    ]
 
 
 STEP_LR = ["scheduler._target_=torch.optim.lr_scheduler.StepLR", "scheduler.interval=epoch", "+scheduler.step_size=1",

@@ -343,7 +343,9 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAU
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Command line: ``python -m lenet.compare SWEEP_DIR [--out DIR] [--metric KEY]``."""
-    parser = argparse.ArgumentParser(prog="python -m lenet.compare", description=__doc__.split("\n\n")[0])
+    console_script = Path(sys.argv[0]).name == "lenet-compare"
+    prog = "lenet-compare" if console_script else "python -m lenet.compare"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. multirun/2026-11-28/14-10-55")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
     parser.add_argument("--metric", default=DEFAULT_METRIC,

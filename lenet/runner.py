@@ -14,6 +14,7 @@ import importlib
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -321,6 +322,11 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             with atomic_file(weights) as tmp:  # a crash never leaves a truncated weights file
                 torch.save(model.state_dict(), tmp)
             summary["weights"] = weights.name
+            best = max(history, key=lambda row: row["test_acc"])
+            log.info(
+                "done: final test accuracy %.2f%% (best %.2f%% in epoch %d); run dir %s; weights %s",
+                100 * history[-1]["test_acc"], 100 * best["test_acc"], best["epoch"], run_dir, weights,
+            )  # fmt: skip
             if cfg.logger.log_model:
                 tracker.log_weights(weights, f"lenet_{cfg.data.name}")
         summary["status"] = "completed"
@@ -365,6 +371,18 @@ def _failed_summary(job: JobInfo, error: str) -> None:
     )  # fmt: skip
 
 
+def interrupted_message(signal_name: str, run_dir: Path) -> str:
+    """The line an interrupted run ends with: how to continue it, or that there is nothing to continue."""
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        kept = (
+            f"the checkpoint of the last finished epoch is kept in {run_dir}; "
+            f"continue with trainer.resume=true hydra.run.dir={shlex.quote(str(run_dir))}"
+        )
+    else:
+        kept = "no epoch had finished, so there is no checkpoint to continue from; run it again to start over"
+    return f"error: interrupted by {signal_name}; {kept}"
+
+
 def run_from_hydra(cfg: DictConfig) -> float:
     """Run the job Hydra composed; return its final test accuracy (NaN when it failed inside a sweep)."""
     job = JobInfo.from_hydra()
@@ -377,11 +395,7 @@ def run_from_hydra(cfg: DictConfig) -> float:
         summary = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     except (Interrupted, KeyboardInterrupt) as e:
         name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
-        print(
-            f"error: interrupted by {name}; the checkpoint of the last finished epoch is kept in {job.run_dir}; "
-            f"continue with trainer.resume=true hydra.run.dir={job.run_dir}",
-            file=sys.stderr,
-        )
+        print(interrupted_message(name, job.run_dir), file=sys.stderr)
         raise SystemExit(128 + signal.Signals[name].value) from None
     except UserError as e:
         if job.multirun:

@@ -116,3 +116,15 @@ def test_paired_test_edge_cases():
     noisy = paired_test(fake_variant("a", [0.90, 0.80, 0.70]), fake_variant("b", [0.91, 0.79, 0.705]))
     assert not noisy.significant and "not significant at the 5% level" in noisy.sentence()
     assert paired_test(fake_variant("a", [0.9]), fake_variant("b", [])) is None
+
+
+def test_the_usage_line_names_the_command_as_it_was_typed(tmp_path):
+    import shutil
+
+    script = shutil.which("lenet-compare")
+    if script is None:
+        pytest.skip("the lenet-compare console script is not installed")
+    usage = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert usage.startswith("usage: lenet-compare ")
+    usage = subprocess.run([sys.executable, "-m", "lenet.compare", "--help"], capture_output=True, text=True).stdout
+    assert usage.startswith("usage: python -m lenet.compare ")

@@ -198,3 +198,15 @@ def test_a_run_leaves_no_temporary_files_and_removes_stale_ones(tmp_path):
     run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record)
     assert not list(run_dir.glob(".*.tmp"))
     assert set(torch.load(run_dir / "lenet_synthetic.pth")) >= {"conv1.weight", "fc3.bias"}
+
+
+def test_the_interrupted_message_offers_resume_only_when_a_checkpoint_exists(tmp_path):
+    from lenet.runner import interrupted_message
+
+    run_dir = tmp_path / "my runs" / "a"
+    run_dir.mkdir(parents=True)
+    assert "no epoch had finished, so there is no checkpoint" in interrupted_message("SIGINT", run_dir)
+    (run_dir / CHECKPOINT_FILE).write_bytes(b"")
+    message = interrupted_message("SIGTERM", run_dir)
+    assert message.startswith("error: interrupted by SIGTERM; the checkpoint of the last finished epoch is kept")
+    assert message.endswith(f"hydra.run.dir='{run_dir}'")  # quoted: the path holds a space

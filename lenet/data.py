@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from lenet.errors import ConfigError, DataError
 from lenet.factory import accepted_arguments
+from lenet.registry import import_function, register
 
 # torchvision's folder name for each dataset: files live in ROOT/<folder>/raw/
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -262,10 +263,7 @@ _DATASETS: dict[str, Loader] = {}
 
 def register_dataset(fn: Loader) -> Loader:
     """Register a dataset loader under its function's name; a duplicate name raises."""
-    if fn.__name__ in _DATASETS:
-        raise ValueError(f"dataset {fn.__name__!r} is already registered (by {_DATASETS[fn.__name__].__module__})")
-    _DATASETS[fn.__name__] = fn
-    return fn
+    return register(_DATASETS, "dataset", fn.__name__, fn)
 
 
 def list_datasets() -> list[str]:
@@ -276,12 +274,7 @@ def list_datasets() -> list[str]:
 def get_loader(name: str, loader: Optional[str] = None) -> Loader:
     """The loader a dotted ``loader`` path imports, else the registered dataset ``name``."""
     if loader:
-        from hydra.utils import get_method
-
-        try:
-            return get_method(loader)
-        except Exception as e:  # Hydra wraps import errors of every kind
-            raise ConfigError(f"data.loader: cannot import {loader}: {str(e).splitlines()[0]}") from None
+        return import_function(loader, "data.loader")
     if name not in _DATASETS:
         raise ConfigError(
             f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or set data.loader to a dotted path"

@@ -13,6 +13,7 @@ from typing import Callable, Union
 import torch
 
 from lenet.errors import ConfigError
+from lenet.registry import import_function, register
 
 Metric = Callable[[torch.Tensor, torch.Tensor], Union[float, dict[str, float]]]
 _METRICS: dict[str, Metric] = {}
@@ -20,10 +21,7 @@ _METRICS: dict[str, Metric] = {}
 
 def register_metric(fn: Metric) -> Metric:
     """Register a metric under its function's name; a duplicate name raises."""
-    if fn.__name__ in _METRICS:
-        raise ValueError(f"metric {fn.__name__!r} is already registered (by {_METRICS[fn.__name__].__module__})")
-    _METRICS[fn.__name__] = fn
-    return fn
+    return register(_METRICS, "metric", fn.__name__, fn)
 
 
 def list_metrics() -> list[str]:
@@ -36,12 +34,7 @@ def get_metric(name: str) -> Metric:
     if name in _METRICS:
         return _METRICS[name]
     if "." in name:
-        from hydra.utils import get_method
-
-        try:
-            return get_method(name)
-        except Exception as e:  # Hydra wraps import errors of every kind
-            raise ConfigError(f"trainer.metrics: cannot import {name}: {str(e).splitlines()[0]}") from None
+        return import_function(name, "trainer.metrics")
     raise ConfigError(
         f"trainer.metrics: unknown metric {name!r}; known: {', '.join(list_metrics())}, or a dotted path to a function"
     )

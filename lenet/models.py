@@ -16,16 +16,10 @@ from torch import nn
 
 from lenet.errors import ConfigError
 from lenet.factory import bind, call
+from lenet.registry import register
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _POOLINGS: dict[str, Callable[[int, nn.Module], nn.Module]] = {}
-
-
-def _register(registry: dict, kind: str, name: str, fn: Callable) -> Callable:
-    if name in registry:
-        raise ValueError(f"{kind} {name!r} is already registered (by {registry[name].__module__})")
-    registry[name] = fn
-    return fn
 
 
 def _lookup(registry: dict, kind: str, name: str) -> Callable:
@@ -37,7 +31,7 @@ def _lookup(registry: dict, kind: str, name: str) -> Callable:
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a model-building function under its own name; a duplicate name raises."""
-    return _register(_MODELS, "model", fn.__name__, fn)
+    return register(_MODELS, "model", fn.__name__, fn)
 
 
 def list_models() -> list[str]:
@@ -71,7 +65,7 @@ def register_pooling(fn: Callable[[int, nn.Module], nn.Module]) -> Callable:
 
     One trailing underscore is dropped, so ``max_`` (which must not shadow the builtin) is "max".
     """
-    return _register(_POOLINGS, "pooling", fn.__name__.removesuffix("_"), fn)
+    return register(_POOLINGS, "pooling", fn.__name__.removesuffix("_"), fn)
 
 
 def list_poolings() -> list[str]:

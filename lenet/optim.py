@@ -43,13 +43,12 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], device: torch.devi
         choices: list[dict[str, bool]] = [{}]
     else:
         choices = [{k: True} for k in ("fused", "foreach") if k in accepted] + [{}]
-    for i, choice in enumerate(choices):
+    for choice in choices[:-1]:
         try:
             return call(bound, "optimizer", optimizer_params(model), offered=choice)
         except RuntimeError:  # torch refuses fused (or foreach) for these parameters or this device
-            if i == len(choices) - 1:
-                raise
-    raise AssertionError("unreachable")
+            continue
+    return call(bound, "optimizer", optimizer_params(model), offered=choices[-1])
 
 
 @dataclass

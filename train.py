@@ -6,10 +6,9 @@ python train.py -m pooling=avg,max seed=0,1,2 # a sweep: one job per combination
 """
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lenet.config import register_configs
-from lenet.tracking import prepare_wandb
 
 register_configs()
 
@@ -17,8 +16,6 @@ register_configs()
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train and evaluate one variant; return its final test accuracy (what sweepers optimise)."""
-    if OmegaConf.select(cfg, "logger.backend") == "wandb":
-        prepare_wandb(OmegaConf.select(cfg, "logger.mode"))  # its own process imports W&B while we import torch
     from lenet.runner import run_from_hydra  # imports torch: not needed for --help, --cfg or config errors
 
     return run_from_hydra(cfg)

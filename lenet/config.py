@@ -2,9 +2,9 @@
 
 The YAML files in ``conf/`` hold the values and extend the ``schema_*`` nodes stored here (Hydra's
 structured-config example 5.1), so an unknown key or a wrong type fails before any work is done.
-Ranges that a type cannot express are checked by ``validate``. The optimizer and scheduler are
-pluggable: their options name a ``_target_`` and carry that callable's own arguments, which the
-callable itself checks when it is built.
+Ranges that a type cannot express are checked by ``validate``. The model, loss, optimizer, scheduler
+and loggers are pluggable: their options name a ``_target_`` and carry that callable's own arguments,
+which the callable itself checks when it is built.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -75,8 +75,10 @@ class DeviceConfig:
 
 
 @dataclass
-class LoggerConfig:
-    backend: str = "none"  # none | wandb
+class WandbConfig:
+    """The typed node of logger=wandb (lenet.loggers.WandbLogger's arguments)."""
+
+    _target_: str = "lenet.loggers.WandbLogger"
     mode: Optional[WandbMode] = None  # null: $WANDB_MODE if set, else offline
     project: str = "lenet"
     entity: Optional[str] = None
@@ -84,6 +86,8 @@ class LoggerConfig:
     name: Optional[str] = None  # null: the overrides of the job, e.g. pooling=avg,seed=1
     tags: List[str] = field(default_factory=list)
     log_model: bool = False  # upload the final weights as an artifact
+    watch: Optional[Dict[str, Any]] = None  # arguments of wandb.Run.watch(model, ...), e.g. {log: gradients}
+    settings: Dict[str, Any] = field(default_factory=dict)  # more wandb.Settings, e.g. {init_timeout: 30}
 
 
 @dataclass
@@ -108,7 +112,7 @@ class Config:
     scheduler: Any = MISSING
     data: DataConfig = MISSING
     device: DeviceConfig = MISSING
-    logger: LoggerConfig = MISSING
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> a logger's node (_target_ and its arguments)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
 
@@ -118,7 +122,7 @@ class Config:
 _GROUP_SCHEMAS: dict[str, Any] = {
     "data": DataConfig,
     "device": DeviceConfig,
-    "logger": LoggerConfig,
+    "logger_wandb": WandbConfig,
 }
 
 
@@ -154,16 +158,18 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.test_size >= 1, "data.test_size", ">= 1", cfg.data.test_size)
     threads = cfg.device.num_threads
     _require(threads is None or threads >= 1, "device.num_threads", "null or >= 1", threads)
-    _require(cfg.logger.backend in ("none", "wandb"), "logger.backend", "'none' or 'wandb'", cfg.logger.backend)
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     # `+key=value` force-adds keys past the schema, and to_object would silently drop them
-    known = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
-    unknown = [f"{prefix}{k}" for k in node.keys() if k not in known]
-    for key in known & set(node.keys()):
+    schema = OmegaConf.get_type(node)
+    unknown = []
+    if dataclasses.is_dataclass(schema):
+        known = {f.name for f in dataclasses.fields(schema)}
+        unknown = [f"{prefix}{k}" for k in node.keys() if k not in known]
+    for key in node.keys():
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+        if isinstance(child, DictConfig) and f"{prefix}{key}" not in unknown:
             unknown += _unknown_keys(child, f"{prefix}{key}.")
     return unknown
 

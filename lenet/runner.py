@@ -38,7 +38,8 @@ from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.sweep import job_label, read_swept_keys, split_override
 from lenet.threads import available_cores, choose_num_threads
-from lenet.tracking import Tracker, atomic_file, remove_stale_temporaries, start_wandb
+from lenet.loggers import build_loggers
+from lenet.tracking import Tracker, atomic_file, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class JobInfo:
         return choice if choice and not target_overridden else str(node.get("_target_"))
 
     @property
-    def wandb_group(self) -> Optional[str]:
+    def sweep_name(self) -> Optional[str]:
         """The sweep's dir (relative to where it was started), shared by all jobs of a sweep."""
         if self.sweep_dir is None:
             return None
@@ -211,17 +212,6 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         with SignalStop() as stop:
             device = resolve_device(cfg.device.name)
             summary["device"] = str(device)
-            if cfg.logger.backend == "wandb":
-                tracker.wandb_run = start_wandb(cfg.logger, run_dir, config_record, job.wandb_group, job.label or None)
-            if first_in_process:
-                # Exempt what the imports made (torch's and Hydra's modules: about 10^5 objects) from the cyclic
-                # garbage collector, which otherwise walks them all on each full collection during training and
-                # once more at exit. torch.optim imports torch._dynamo when the first optimizer is built: import
-                # it now so that its objects are exempt too. Once per process and before any job's data, so
-                # nothing of a job is kept forever.
-                importlib.import_module("torch._dynamo")
-                gc.freeze()
-
             # model and optimizer before the data, so that a wrong argument of theirs fails before any work
             torch.manual_seed(cfg.seed)
             offered = {"in_channels": len(cfg.data.mean), "num_classes": cfg.data.num_classes}  # what the data decides
@@ -234,6 +224,20 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             loss_fn = build_loss(cfg.loss)
             # test_acc is always recorded; the others add test_<name> keys to every row
             metric_fns = {name: get_metric(name) for name in cfg.trainer.metrics if name != "accuracy"}
+            # before the data, so that a logger that cannot start (W&B online without credentials) fails first
+            tracker.loggers = build_loggers(
+                cfg.logger,
+                {"run_dir": run_dir, "config": config_record, "sweep": job.sweep_name, "label": job.label or None,
+                 "model": model},
+            )  # fmt: skip
+            if first_in_process:
+                # Exempt what the imports made (torch's, Hydra's and the loggers' modules: about 10^5 objects) from
+                # the cyclic garbage collector, which otherwise walks them all on each full collection during
+                # training and once more at exit. torch.optim imports torch._dynamo when the first optimizer is
+                # built: import it now so that its objects are exempt too. Once per process and before any job's
+                # data, so that only a first job's few small objects (model, optimizer) are kept out of it.
+                importlib.import_module("torch._dynamo")
+                gc.freeze()
             train, test = load_dataset(
                 cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
                 cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
@@ -244,15 +248,13 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable)
             generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation; in the checkpoint
             augment = build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort))
-            if tracker.wandb_run is not None:
-                tracker.wandb_run.wait_started()  # W&B started its run while the data loaded
 
             checkpoint_path = run_dir / CHECKPOINT_FILE
             # a job that submitit requeued after a time-out or pre-emption continues where it stopped
             resume = cfg.trainer.resume or job.requeueable
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
-            # after W&B's start-up, which would otherwise count as load; a resumed run keeps its thread count,
-            # since the count changes the bits of CPU results
+            # after the loggers' start-up, which would otherwise count as load; a resumed run keeps its thread
+            # count, since the count changes the bits of CPU results
             num_threads, probe = choose_num_threads(
                 cfg.device.num_threads or (checkpoint or {}).get("num_threads"), device, job.parallel_jobs
             )
@@ -327,8 +329,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 "done: final test accuracy %.2f%% (best %.2f%% in epoch %d); run dir %s; weights %s",
                 100 * history[-1]["test_acc"], 100 * best["test_acc"], best["epoch"], run_dir, weights,
             )  # fmt: skip
-            if cfg.logger.log_model:
-                tracker.log_weights(weights, f"lenet_{cfg.data.name}")
+            tracker.log_file(weights, "model")
         summary["status"] = "completed"
         exit_code = 0
     except Interrupted as e:

@@ -14,8 +14,8 @@ SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "tra
 
 
 def test_offline_run_records_history_config_summary_and_weights(tmp_path):
-    result = run_train("logger=wandb", "logger.log_model=true", "logger.group=ablation", "logger.name=first",
-                       "logger.tags=[a,b]", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    result = run_train("logger=wandb", "logger.wandb.log_model=true", "logger.wandb.group=ablation",
+                       "logger.wandb.name=first", "logger.wandb.tags=[a,b]", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "run"
     wb = OfflineRun(run_dir)  # its files live inside the Hydra run dir
@@ -29,7 +29,7 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
     assert wb.summary["final_test_acc"] == summary["final_test_acc"] and wb.summary["num_params"] == 61_706
     assert wb.summary["best_test_acc"] == summary["best_test_acc"] and wb.summary["wall_seconds"] > 0
     assert wb.exit_code == 0 and wb.run.project == "lenet"
-    assert "artifact" in wb.kinds  # logger.log_model=true uploads the weights
+    assert "artifact" in wb.kinds  # logger.wandb.log_model=true uploads the weights
     assert (wb.run.run_group, wb.run.display_name, list(wb.run.tags)) == ("ablation", "first", ["a", "b"])
 
 
@@ -56,16 +56,16 @@ def test_online_without_credentials_fails_fast_without_prompting(tmp_path):
         "WANDB_CONFIG_DIR": str(tmp_path),
     }
     result = run_train(
-        "logger=wandb", "logger.mode=online", *SYNTHETIC, "hydra.run.dir=run", cwd=tmp_path, env=env, timeout=60
+        "logger=wandb", "logger.wandb.mode=online", *SYNTHETIC, "hydra.run.dir=run", cwd=tmp_path, env=env, timeout=60
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "wandb login" in result.stderr and "logger.mode=offline" in result.stderr
+    assert "wandb login" in result.stderr and "logger.wandb.mode=offline" in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before training
 
 
 @pytest.mark.parametrize("env_mode,expected", [(None, "offline"), ("disabled", "disabled")])
 def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypatch, env_mode, expected):
-    from lenet.tracking import resolve_wandb_mode
+    from lenet.loggers import resolve_wandb_mode
 
     if env_mode is None:
         monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -74,20 +74,22 @@ def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypa
     assert resolve_wandb_mode(None) == expected
 
 
-def test_disabled_starts_no_run_and_a_run_leaves_the_environment_alone(tmp_path, monkeypatch):
-    from lenet.config import LoggerConfig, WandbMode
-    from lenet.tracking import start_wandb
+def test_the_logger_leaves_the_environment_alone_and_its_run_is_reachable(tmp_path, monkeypatch):
+    import wandb
 
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert start_wandb(LoggerConfig(backend="wandb"), tmp_path, {}, None, None) is None
-    monkeypatch.delenv("WANDB_MODE")
-    run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.offline), tmp_path, {"lr": 0.1}, None, "first")
-    run.wait_started()
-    run.log({"test_acc": 0.25}, step=1)
-    run.finish({"final_test_acc": 0.25}, exit_code=0)
-    assert "WANDB_MODE" not in os.environ  # the mode is the W&B process's business, not the next job's
+    from lenet.loggers import WandbLogger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logger = WandbLogger(tmp_path, {"lr": 0.1}, sweep="sweep", label="first", mode="offline")
+    assert wandb.run is logger.run  # in this process: user code can log media to it
+    wandb.log({"note": wandb.Html("<b>hi</b>")})
+    logger.log_row({"test_acc": 0.25}, step=1)
+    logger.finish({"status": "completed", "final_test_acc": 0.25, "overrides": []}, exit_code=0)
+    assert "WANDB_MODE" not in os.environ  # the mode is this run's business, not the next job's
     wb = OfflineRun(tmp_path)
-    assert wb.config["lr"] == 0.1 and wb.run.display_name == "first" and wb.history[0]["test_acc"] == 0.25
+    assert wb.config["lr"] == 0.1 and wb.run.display_name == "first" and wb.run.run_group == "sweep"
+    assert [r["note/_type"] for r in wb.history if "note/_type" in r] == ["html-file"]
+    assert [r["test_acc"] for r in wb.history if "test_acc" in r] == [0.25]
     assert wb.summary["final_test_acc"] == 0.25 and wb.exit_code == 0
 
 
@@ -109,62 +111,21 @@ def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_p
     assert wb.summary["status"] == "interrupted"
 
 
-DIES = """
-import os
-from pathlib import Path
-from lenet.config import LoggerConfig, WandbMode
-from lenet.tracking import start_wandb
-Path("run").mkdir()
-run = start_wandb(LoggerConfig(backend="wandb", mode=WandbMode.offline), Path("run"), {}, None, None)
-run.wait_started()
-run.log({"test_acc": 0.5}, step=1)
-os._exit(0)  # no finish, no atexit: as if the training process were killed
-"""
-
-
-def test_the_wandb_process_finishes_the_run_as_failed_when_the_training_process_dies(tmp_path):
-    # returns once every process holding the captured stderr has exited, the W&B process included
-    result = subprocess.run([sys.executable, "-c", DIES], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
+    # kill -9 leaves W&B's run unfinished (offline: W&B writes it at finish); the run dir keeps the record,
+    # and the resumed run gives W&B every epoch again
+    args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "hydra.run.dir=run"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
+    proc.kill()
+    proc.wait(timeout=60)
+    result = run_train(*args, "trainer.resume=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    wb = OfflineRun(tmp_path / "run")
-    assert wb.exit_code == 1 and [row["test_acc"] for row in wb.history] == [0.5]
-
-
-PREPARE = """
-import os
-import sys
-from lenet.config import WandbMode
-from lenet import tracking
-tracking.prepare_wandb(MODE)
-def parent(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
-children = [pid for pid in os.listdir("/proc") if pid.isdigit() and parent(pid) == os.getpid()]
-print(bool(children), "torch" in sys.modules, "wandb" in sys.modules)
-"""
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads child processes from /proc")
-@pytest.mark.parametrize("mode,expected", [("None", "True False False"), ("WandbMode.disabled", "False False False")])
-def test_prepare_wandb_starts_the_wandb_process_and_imports_neither_wandb_nor_torch(tmp_path, mode, expected):
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    script = PREPARE.replace("MODE", mode)
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == expected  # the W&B process started; torch, W&B not imported here
-
-
-def test_a_wandb_process_that_ended_fails_the_run_with_a_message_and_finish_returns(tmp_path):
-    from lenet.errors import UserError
-    from lenet.tracking import WandbProcess, WandbRun
-
-    process = WandbProcess()
-    process.close()  # it exits, as it would after a crash
-    process._process.wait(timeout=60)
-    run = WandbRun(process, "offline", dir=str(tmp_path))
-    with pytest.raises(UserError, match="W&B could not start the run: the W&B process ended unexpectedly"):
-        run.wait_started()
-    run.finish({"status": "failed"}, exit_code=1)  # nothing to finish: returns without raising
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    resumed = OfflineRun(tmp_path / "run", runs[-1].name)
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [row["test_acc"] for row in resumed.history] == [row["test_acc"] for row in metrics]
+    assert len(metrics) == 3 and resumed.exit_code == 0

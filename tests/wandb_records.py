@@ -43,8 +43,8 @@ def _key(item) -> str:
 class OfflineRun:
     """What an offline run recorded: its run record, history rows, summary, config and exit code."""
 
-    def __init__(self, run_dir: Path):
-        (self.path,) = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    def __init__(self, run_dir: Path, run: str = "offline-run-*"):
+        (self.path,) = sorted(run_dir.glob(f"wandb/{run}/run-*.wandb"))
         self.records = read_records(self.path)
         kinds = [r.WhichOneof("record_type") for r in self.records]
         self.kinds = set(kinds)

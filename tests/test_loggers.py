@@ -1,0 +1,163 @@
+"""Loggers: the logger group as a dict of _target_ classes, a logger of your own, TensorBoard, failures."""
+
+import logging
+import textwrap
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, read_json, read_jsonl, run_train
+from lenet.config import register_configs, to_typed
+from lenet.errors import ConfigError
+from lenet.loggers import Logger, Loggers, build_loggers
+
+TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu",
+        "device.num_threads=1", "trainer.epochs=2", "hydra.run.dir=run"]  # fmt: skip
+
+MY_LOGGER = '''
+from lenet.loggers import Logger
+
+class AccFile(Logger):
+    """Appends each epoch's test accuracy to a text file in the run dir."""
+
+    def __init__(self, run_dir, prefix: str = "acc"):
+        self.path = run_dir / "acc.txt"
+        self.prefix = prefix
+
+    def log_row(self, row, step):
+        with open(self.path, "a") as f:
+            f.write(f"{self.prefix} {step} {row['test_acc']:.4f}\\n")
+
+    def finish(self, summary, exit_code):
+        with open(self.path, "a") as f:
+            f.write(f"{summary['status']} {exit_code}\\n")
+'''
+MY_LOGGER_YAML = '''
+acc_file:
+  _target_: my_loggers.AccFile
+  prefix: acc
+'''
+
+
+def test_a_logger_of_your_own_is_one_class_and_one_yaml_beside_wandb(tmp_path):
+    (tmp_path / "my_loggers.py").write_text(MY_LOGGER)
+    (tmp_path / "my_conf" / "logger").mkdir(parents=True)
+    (tmp_path / "my_conf" / "logger" / "acc_file.yaml").write_text(MY_LOGGER_YAML)
+    result = run_train("logger=[wandb,acc_file]", "logger.acc_file.prefix=top1",
+                       f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", *TINY, cwd=tmp_path,
+                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    expected = [f"top1 {row['epoch']} {row['test_acc']:.4f}" for row in metrics] + ["completed 0"]
+    assert (tmp_path / "run" / "acc.txt").read_text().splitlines() == expected
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))  # W&B ran beside it
+
+
+class Broken(Logger):
+    def __init__(self):
+        self.rows = 0
+
+    def log_row(self, row, step):
+        self.rows += 1
+        raise RuntimeError("disk full")
+
+
+class Recorder(Logger):
+    def __init__(self):
+        self.calls = []
+
+    def log_row(self, row, step):
+        self.calls.append(("row", step))
+
+    def finish(self, summary, exit_code):
+        self.calls.append(("finish", exit_code))
+
+
+def test_a_failing_logger_is_reported_once_and_dropped_while_the_others_go_on(caplog):
+    broken, recorder = Broken(), Recorder()
+    loggers = Loggers({"broken": broken, "recorder": recorder})
+    with caplog.at_level(logging.WARNING):
+        for step in (1, 2):
+            loggers.log_row({"epoch": step}, step)
+        loggers.finish({"status": "completed"}, 0)
+    assert broken.rows == 1 and recorder.calls == [("row", 1), ("row", 2), ("finish", 0)]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "logger.broken failed in log_row (RuntimeError: disk full)" in warning
+
+
+def test_a_target_that_is_not_a_logger_or_takes_other_arguments_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"logger.x._target_=builtins.dict has no log_row or finish method"):
+        build_loggers({"x": {"_target_": "builtins.dict"}}, {"run_dir": tmp_path})
+    with pytest.raises(ConfigError, match=r"takes no argument logger.tb.colour='red'"):
+        build_loggers({"tb": {"_target_": "lenet.loggers.TensorBoardLogger", "colour": "red"}}, {"run_dir": tmp_path})
+
+
+def test_a_run_whose_logger_cannot_start_fails_in_one_line_before_training(tmp_path):
+    result = run_train("logger=tensorboard", "+logger.tensorboard.colour=red", *TINY, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: lenet.loggers.TensorBoardLogger takes no argument")
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
+
+
+def _scalars(log_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_holds_every_number_of_every_row(tmp_path):
+    pytest.importorskip("tensorboard")
+    result = run_train("logger=tensorboard", "trainer.metrics=[accuracy,per_class_accuracy]", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    log_dir = tmp_path / "run" / "tensorboard"
+    assert _scalars(log_dir, "test_acc") == [(r["epoch"], pytest.approx(r["test_acc"])) for r in metrics]
+    assert _scalars(log_dir, "lr") == [(r["epoch"], pytest.approx(r["lr"])) for r in metrics]
+    per_class = [(r["epoch"], pytest.approx(r["test_per_class_accuracy_3"])) for r in metrics]
+    assert _scalars(log_dir, "test_per_class_accuracy_3") == per_class
+
+
+def test_tensorboard_of_a_resumed_run_ends_as_its_checkpoint_history(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lenet.loggers import TensorBoardLogger
+
+    first = TensorBoardLogger(tmp_path)
+    for step, acc in ((1, 0.1), (2, 0.2), (3, 0.3)):  # epoch 3 logged, then the process died before its checkpoint
+        first.log_row({"epoch": step, "test_acc": acc}, step)
+    first.writer.close()
+    resumed = TensorBoardLogger(tmp_path)
+    resumed.resume([{"epoch": 1, "test_acc": 0.1}, {"epoch": 2, "test_acc": 0.2}])
+    resumed.log_row({"epoch": 3, "test_acc": 0.35}, 3)
+    resumed.finish({"status": "completed"}, 0)
+    assert _scalars(tmp_path / "tensorboard", "test_acc") == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2)),
+                                                              (3, pytest.approx(0.35))]  # fmt: skip
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (REPO / "conf" / "logger").glob("*.yaml")))
+def test_every_logger_option_builds_and_finishes(option, tmp_path, monkeypatch):
+    if option == "tensorboard":
+        pytest.importorskip("tensorboard")
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own no-op run: no files, no service
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = to_typed(compose("config", overrides=[f"logger={option}"]))
+    loggers = build_loggers(cfg.logger, {"run_dir": tmp_path, "config": {"seed": 0}})
+    assert list(loggers.loggers) == ([] if option == "none" else [option])
+    loggers.log_row({"epoch": 1, "test_acc": 0.5}, 1)
+    loggers.finish({"status": "completed"}, 0)
+    assert loggers.loggers == {}
+
+
+def test_a_typo_in_the_wandb_node_fails_at_once(tmp_path):
+    result = run_train("logger=wandb", "logger.wandb.projet=x", *TINY, cwd=tmp_path)
+    assert result.returncode == 1 and "projet" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_readme_logger_recipe_is_the_tested_one():
+    readme = (REPO / "README.md").read_text()
+    assert textwrap.dedent(MY_LOGGER).strip().splitlines()[2] in readme  # class AccFile(Logger):
+    assert "'logger=[wandb,acc_file]'" in readme

@@ -158,8 +158,11 @@ class WandbLogger(Logger):
                 reinit="finish_previous",  # a previous job of a sweep in this process never leaks into this run
                 settings=wandb.Settings(**{"console": "off", "silent": True, **(settings or {})}),
             )  # fmt: skip
-        except Exception as e:
-            raise UserError(f"W&B could not start the run: {type(e).__name__}: {e}; logger=none trains without W&B")
+        except Exception as e:  # W&B's messages may run over many lines: the first says what
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(
+                f"W&B could not start the run: {type(e).__name__}: {reason}; logger=none trains without W&B"
+            ) from None
         if watch is not None and model is not None:
             self.run.watch(model, **watch)
 
@@ -217,7 +220,12 @@ class TensorBoardLogger(Logger):
         """Add each finite number of the row as a scalar at ``step``."""
         writer = self._open(step)
         for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                key != "epoch"
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 writer.add_scalar(key, value, global_step=step)
         writer.flush()
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, write_mnist
 
 
@@ -15,6 +17,7 @@ def bench(*args, cwd):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_steps_mode_reports_both_pipelines_and_their_ratio(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw", n_train=256, n_test=64)
     report = json.loads(
@@ -55,6 +58,7 @@ def test_reports_print_as_tables(capsys):
     )
 
 
+@pytest.mark.slow
 def test_process_mode_times_train_py_against_the_usual_script(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw", n_train=128, n_test=64)
     report = json.loads(bench("process", "--root", str(tmp_path), "--epochs", "1", "--rounds", "2", "--json", cwd=REPO))
@@ -68,6 +72,7 @@ def test_process_mode_times_train_py_against_the_usual_script(tmp_path):
     assert report["speedup"] == report["usual"]["seconds"] / report["harness"]["seconds"]
 
 
+@pytest.mark.slow
 def test_reference_script_logs_to_wandb_like_a_usual_script(tmp_path):
     from wandb_records import OfflineRun
 

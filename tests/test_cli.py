@@ -27,6 +27,7 @@ def only_dir(pattern: str, cwd: Path) -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
     result = run_train(*FAST, "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -55,6 +56,7 @@ def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
     assert f"weights {run_dir / 'lenet_synthetic.pth'}" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_relative_data_root_is_resolved_against_the_start_dir(tmp_path):
     write_mnist(tmp_path / "mydata" / "MNIST" / "raw", n_train=128, n_test=64, gz=True)
     result = run_train("data.root=mydata", "data.download=false", "trainer.epochs=1", "device=cpu", cwd=tmp_path)
@@ -64,6 +66,7 @@ def test_relative_data_root_is_resolved_against_the_start_dir(tmp_path):
     assert read_json(run_dir / "summary.json")["dataset"] == "mnist"
 
 
+@pytest.mark.slow
 def test_multirun_over_pooling_writes_one_dir_per_job(tmp_path):
     result = run_train("-m", "pooling=avg,max", *FAST, "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -75,6 +78,7 @@ def test_multirun_over_pooling_writes_one_dir_per_job(tmp_path):
     assert read_json(sweep / "0" / "summary.json")["overrides"][0] == "pooling=avg"
 
 
+@pytest.mark.slow
 def test_cfg_job_help_and_info_work_as_in_hydra(tmp_path):
     cfg = run_train("--cfg", "job", "optimizer=adam", "pooling=avg", cwd=tmp_path)
     assert cfg.returncode == 0
@@ -114,10 +118,12 @@ def assert_one_line_error(result, *fragments):
         (["trainer.epochs=0"], ["error: trainer.epochs must be >= 1, got 0"]),
     ],
 )
+@pytest.mark.slow
 def test_config_mistakes_end_in_a_clear_message(tmp_path, args, fragments):
     assert_one_line_error(run_train(*args, cwd=tmp_path), *fragments)
 
 
+@pytest.mark.slow
 def test_missing_data_without_download_names_the_folder(tmp_path):
     result = run_train("data.root=nowhere", "data.download=false", cwd=tmp_path)
     assert_one_line_error(result, "error: mnist not found", str(tmp_path / "nowhere" / "MNIST" / "raw"), "data.root")
@@ -125,6 +131,7 @@ def test_missing_data_without_download_names_the_folder(tmp_path):
     assert summary["status"] == "failed" and "not found" in summary["error"]
 
 
+@pytest.mark.slow
 def test_a_truncated_idx_file_is_named(tmp_path):
     raw = write_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=40, n_test=20)
     (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:-50])
@@ -132,6 +139,7 @@ def test_a_truncated_idx_file_is_named(tmp_path):
     assert_one_line_error(result, "error:", "t10k-images-idx3-ubyte is truncated or corrupt")  # mismatches: test_data
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_unavailable_device_is_a_clear_error(tmp_path):
     assert_one_line_error(run_train(*FAST, "device=cuda", cwd=tmp_path), "error: device=cuda", "device=cpu")

@@ -69,6 +69,7 @@ def test_paired_test_over_seeds_is_reported_plainly(pooling_sweep):
         assert ("not significant" in report) == (p >= 0.05)
 
 
+@pytest.mark.slow
 def test_plot_and_command_line(pooling_sweep, tmp_path):
     result = subprocess.run([sys.executable, "-m", "lenet.compare", str(pooling_sweep), "--out", str(tmp_path)],
                             capture_output=True, text=True)  # fmt: skip
@@ -83,6 +84,7 @@ def test_plot_and_command_line(pooling_sweep, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_shown_with_their_error(tmp_path):
     result = run_train("-m", "optimizer.lr=0.001,1e9", *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode != 0 and "1 of 2 jobs did not complete" in result.stderr

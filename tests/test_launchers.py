@@ -22,6 +22,7 @@ def job_summaries(sweep):
     return [read_json(sweep / str(n) / "summary.json") for n in range(len(list(sweep.glob("*/summary.json"))))]
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "pooling=avg,max", *SYNTHETIC,
@@ -37,6 +38,7 @@ def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
     assert "Joblib.Parallel" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result = run_train("-m", "hydra/launcher=submitit_local", "pooling=avg,max", *SYNTHETIC, "hydra.sweep.dir=sweep",
@@ -49,6 +51,7 @@ def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):
     assert "| pooling=avg | 1 | 0 |" in report and "| pooling=max | 1 | 0 |" in report
 
 
+@pytest.mark.slow
 def test_slurm_preset_composes_with_its_defaults(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     env = {"SLURM_PARTITION": "gpu", "SLURM_ACCOUNT": "lab"}
@@ -60,6 +63,7 @@ def test_slurm_preset_composes_with_its_defaults(tmp_path):
     assert launcher["timeout_min"] == 60 and launcher["max_num_timeout"] == 3 and launcher["signal_delay_s"] == 120
 
 
+@pytest.mark.slow
 def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
     args = [sys.executable, str(REPO / "train.py"), *SYNTHETIC[:-1], "data.train_size=2000", "trainer.epochs=3",
             "hydra.run.dir=job"]  # fmt: skip
@@ -78,6 +82,7 @@ def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
     assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_optuna_search_finds_the_best_trial(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     fixed = [a for a in SYNTHETIC if not a.startswith("trainer.batch_size")]  # the search chooses it

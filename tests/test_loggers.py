@@ -22,6 +22,7 @@ def readme_block(first_line: str) -> str:
     return block
 
 
+@pytest.mark.slow
 def test_the_readme_logger_recipe_runs_beside_wandb(tmp_path):
     (tmp_path / "my_loggers.py").write_text(readme_block("# my_loggers.py"))
     (tmp_path / "my_conf" / "logger").mkdir(parents=True)
@@ -76,6 +77,7 @@ def test_a_target_that_is_not_a_logger_or_takes_other_arguments_is_one_line(tmp_
         build_loggers({"tb": {"_target_": "lenet.loggers.TensorBoardLogger", "colour": "red"}}, {"run_dir": tmp_path})
 
 
+@pytest.mark.slow
 def test_a_run_whose_logger_cannot_start_fails_in_one_line_before_training(tmp_path):
     result = run_train("logger=tensorboard", "+logger.tensorboard.colour=red", *TINY, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -92,6 +94,7 @@ def _scalars(log_dir, tag):
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_every_number_of_every_row(tmp_path):
     pytest.importorskip("tensorboard")
     result = run_train("logger=tensorboard", "trainer.metrics=[accuracy,per_class_accuracy]", *TINY, cwd=tmp_path)

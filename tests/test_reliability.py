@@ -52,6 +52,7 @@ def test_same_seed_gives_bit_identical_results_on_cpu(tmp_path):
     assert c["final_train_loss"] != a["final_train_loss"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_keeps_the_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path):
     args = [*SYNTHETIC, "data.train_size=3000", "trainer.epochs=3"]
     run_in_process(tmp_path, "full", *args[len(SYNTHETIC) :])  # the uninterrupted reference

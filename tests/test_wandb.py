@@ -13,6 +13,7 @@ from wandb_records import OfflineRun
 SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu"]
 
 
+@pytest.mark.slow
 def test_offline_run_records_history_config_summary_and_weights(tmp_path):
     result = run_train("logger=wandb", "logger.wandb.log_model=true", "logger.wandb.group=ablation",
                        "logger.wandb.name=first", "logger.wandb.tags=[a,b]", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
@@ -33,6 +34,7 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
     assert (wb.run.run_group, wb.run.display_name, list(wb.run.tags)) == ("ablation", "first", ["a", "b"])
 
 
+@pytest.mark.slow
 def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_path):
     result = run_train(
         "-m", "logger=wandb", "data=mnist,synthetic", "data.root=nowhere", "data.download=false", *SYNTHETIC[1:],
@@ -48,6 +50,7 @@ def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_pat
     assert read_json(tmp_path / "sweep" / "0" / "summary.json")["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_online_without_credentials_fails_fast_without_prompting(tmp_path):
     env = {
         "HOME": str(tmp_path),
@@ -93,6 +96,7 @@ def test_the_logger_leaves_the_environment_alone_and_its_run_is_reachable(tmp_pa
     assert wb.summary["final_test_acc"] == 0.25 and wb.exit_code == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_path):
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=5", "hydra.run.dir=run"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -111,6 +115,7 @@ def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_p
     assert wb.summary["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
     # kill -9 leaves W&B's run unfinished (offline: W&B writes it at finish); the run dir keeps the record,
     # and the resumed run gives W&B every epoch again

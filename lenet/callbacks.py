@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.sweep import sweep_jobs, swept_keys, write_sweep_file
+from lenet.sweep import job_label, read_swept_keys, sweep_jobs, swept_keys, write_sweep_file
 from lenet.tracking import read_summary
 
 
@@ -27,6 +28,10 @@ def _ensure_writable(folder: Path, key: str) -> None:
         raise SystemExit(1) from None
 
 
+def _previewing(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith(".PreviewLauncher")
+
+
 class JobReport(Callback):
     """Fails a sweep at its end, naming the jobs that did not complete; checks output dirs first."""
 
@@ -34,20 +39,32 @@ class JobReport(Callback):
         _ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _previewing(config):
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         _ensure_writable(sweep_dir, "hydra.sweep.dir")
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         write_sweep_file(sweep_dir, swept_keys(config.hydra.overrides.task, params.keys()))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        jobs = sweep_jobs(Path(config.hydra.sweep.dir))
-        failed = []
+        if _previewing(config):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sweep_jobs(sweep_dir)
+        swept = read_swept_keys(sweep_dir)
+        lines, failed = [], []
         for job in jobs:
-            summary = read_summary(job)
-            status = summary["status"] if summary else "no summary.json"
+            summary = read_summary(job) or {}
+            status = summary.get("status", "no summary.json")
+            label = job_label(summary.get("overrides") or [], swept) or "(no overrides)"
+            accuracy = summary.get("final_test_acc")
+            result = f"{100 * accuracy:.2f}%" if accuracy is not None else "-"
+            lines.append(f"  {job.relative_to(sweep_dir)}  {label}  {status}  {result}")
             if status != "completed":
-                error = (summary or {}).get("error") or "the job ended without recording a result"
+                error = summary.get("error") or "the job ended without recording a result"
                 failed.append(f"  {job}: {status}: {error}")
+        print(f"sweep {sweep_dir}: {len(jobs)} jobs (folder, label, status, final test accuracy)", *lines,
+              f"compare them: python -m lenet.compare {shlex.quote(str(sweep_dir))}", sep="\n")  # fmt: skip
         if failed:
             print(f"error: {len(failed)} of {len(jobs)} jobs did not complete:", *failed, sep="\n", file=sys.stderr)
             raise SystemExit(1)

@@ -9,6 +9,7 @@ the input size and the number of classes; the loader is called with those of ``r
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 from dataclasses import dataclass
@@ -117,17 +118,41 @@ def _download(root: Path, dataset: str) -> None:
         ) from None
 
 
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_folders(top: Path) -> None:
+    for folder, _, _ in sorted(os.walk(top), key=lambda walked: -len(walked[0])):
+        with contextlib.suppress(OSError):  # not empty: something else is there now
+            os.rmdir(folder)
+
+
 def locate_raw(root: Path, dataset: str, download: bool) -> dict[str, tuple[Path, Path]]:
     """Paths of the (images, labels) IDX files per split, downloading them if allowed."""
     found = _find_split_files(root, dataset)
     if found is None and download:
+        created = _first_missing(root)
         # concurrent sweep jobs must not download into the same folder at once
         root.mkdir(parents=True, exist_ok=True)
-        with FileLock(root / f".{dataset}.download.lock"):
-            found = _find_split_files(root, dataset)  # another job may have fetched it meanwhile
-            if found is None:
-                _download(root, dataset)
-                found = _find_split_files(root, dataset)
+        lock = root / f".{dataset}.download.lock"
+        try:
+            with FileLock(lock):
+                found = _find_split_files(root, dataset)  # another job may have fetched it meanwhile
+                if found is None:
+                    _download(root, dataset)
+                    found = _find_split_files(root, dataset)
+        except DataError:
+            if created is not None:  # a mistyped data.root leaves no folders behind
+                lock.unlink(missing_ok=True)
+                _remove_empty_folders(created)
+            raise
     if found is None:
         looked_in = " and ".join(str(d) for d in candidate_dirs(root, dataset))
         hint = "" if download else ", or set data.download=true to fetch it"

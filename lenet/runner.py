@@ -384,9 +384,48 @@ def interrupted_message(signal_name: str, run_dir: Path) -> str:
     return f"error: interrupted by {signal_name}; {kept}"
 
 
+class _JobLabel(logging.Filter):
+    """Prefixes a sweep job's console lines with its label, so that parallel jobs' lines can be told apart."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.prefix = f"[{label}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            record.msg = f"{self.prefix}{record.msg}"
+        return True
+
+
+def _console_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)]
+
+
+def _to_log_file(message: str, exc_info: bool = False) -> None:
+    """Write an error into the run's train.log only: the console gets it as the ``error:`` line."""
+    record = logging.getLogger(__name__).makeRecord(
+        __name__, logging.ERROR, __file__, 0, message, None, sys.exc_info() if exc_info else None
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def run_from_hydra(cfg: DictConfig) -> float:
     """Run the job Hydra composed; return its final test accuracy (NaN when it failed inside a sweep)."""
     job = JobInfo.from_hydra()
+    label = _JobLabel(job.label) if job.multirun and job.label else None
+    handlers = _console_handlers() if label else []
+    for handler in handlers:
+        handler.addFilter(label)
+    try:
+        return _run_and_report(cfg, job)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(label)
+
+
+def _run_and_report(cfg: DictConfig, job: JobInfo) -> float:
     try:
         try:
             typed = to_typed(cfg)
@@ -396,17 +435,21 @@ def run_from_hydra(cfg: DictConfig) -> float:
         summary = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     except (Interrupted, KeyboardInterrupt) as e:
         name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
-        print(interrupted_message(name, job.run_dir), file=sys.stderr)
+        message = interrupted_message(name, job.run_dir)
+        _to_log_file(message)
+        print(message, file=sys.stderr)
         raise SystemExit(128 + signal.Signals[name].value) from None
     except UserError as e:
         if job.multirun:
             log.error("job failed: %s", e)
             return math.nan
+        _to_log_file(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception:
         if job.multirun:
             log.exception("job failed")
             return math.nan
+        _to_log_file("the run failed with this traceback:", exc_info=True)
         raise
     return summary["final_test_acc"]

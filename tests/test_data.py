@@ -167,9 +167,14 @@ def test_a_failed_download_is_one_line_naming_the_fix(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     with pytest.raises(DataError) as e:
-        locate_raw(tmp_path, "mnist", download=True)
+        locate_raw(tmp_path / "typo" / "data", "mnist", download=True)
     message = str(e.value)
     assert "\n" not in message and "urlopen error" in message and "point data.root at a copy" in message
+    assert list(tmp_path.iterdir()) == []  # the mistyped root's folders are gone again
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError):
+        locate_raw(tmp_path / "kept", "mnist", download=True)
+    assert (tmp_path / "kept").is_dir()  # a folder that was there before stays
 
 
 def rgb_images(n, side=28, seed=0):

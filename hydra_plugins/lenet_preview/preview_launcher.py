@@ -1,0 +1,77 @@
+"""``python train.py -m ... hydra/launcher=preview``: list the jobs a sweep would run, and check each config.
+
+Nothing runs and no folder is made. Each job's config is composed as the real launcher would compose
+it and validated against the schema, so a typo in one combination shows before the sweep starts.
+"""
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+@dataclass
+class PreviewLauncherConf:
+    _target_: str = "hydra_plugins.lenet_preview.preview_launcher.PreviewLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="preview", node=PreviewLauncherConf, provider="lenet")
+
+
+class PreviewLauncher(Launcher):
+    """Prints one line per job: its number, its overrides, and whether its config is valid."""
+
+    def __init__(self) -> None:
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.invalid = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from lenet.config import to_typed
+        from lenet.errors import UserError
+
+        assert self.config is not None and self.hydra_context is not None
+        for offset, overrides in enumerate(job_overrides):
+            try:
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(config):
+                    del config["hydra"]
+                to_typed(config)
+                verdict = ""
+            except (UserError, Exception) as e:  # a bad combination: say so and list the others
+                self.invalid += 1
+                verdict = f"  <- invalid: {str(e).strip().splitlines()[0]}"
+            print(f"#{initial_job_idx + offset}: {' '.join(overrides) or '(no overrides)'}{verdict}")
+        _remove_sweep_dir(Path(self.config.hydra.sweep.dir))
+        if self.invalid:
+            print(f"error: {self.invalid} of {len(job_overrides)} jobs have an invalid config", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"{len(job_overrides)} jobs; run them without hydra/launcher=preview")
+        return []
+
+
+def _remove_sweep_dir(sweep_dir: Path) -> None:
+    """Hydra wrote multirun.yaml into the sweep dir before launching: take it and the empty folders away."""
+    if not sweep_dir.is_dir() or {p.name for p in sweep_dir.iterdir()} - {"multirun.yaml"}:
+        return
+    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+    cwd = Path(os.getcwd()).resolve()
+    for folder in (sweep_dir.resolve(), *sweep_dir.resolve().parents):
+        if folder == cwd or cwd.is_relative_to(folder):
+            break
+        with contextlib.suppress(OSError):  # not empty: another sweep lives there
+            folder.rmdir()
+            continue
+        break

@@ -42,6 +42,7 @@ class Split:
 
     images: torch.Tensor  # (N, C, size, size) float32, normalised
     labels: torch.Tensor  # (N,) int64
+    image_size: tuple[int, int] = (28, 28)  # (H, W) of the images as the dataset holds them, before preprocessing
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -369,5 +370,6 @@ def load_dataset(
                 f"got {images.dtype} {images.shape} and {len(labels)} labels"
             )
         labels_t = _checked_labels(labels, num_classes, name, split).to(device)
-        splits.append(Split(preprocess(images, resize, mean, std, device, size), labels_t))
+        image_size = (int(images.shape[1]), int(images.shape[2]))
+        splits.append(Split(preprocess(images, resize, mean, std, device, size), labels_t, image_size))
     return splits[0], splits[1]

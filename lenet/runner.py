@@ -200,7 +200,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "loss": job.label_of("loss", cfg.loss), "optimizer": job.label_of("optimizer", cfg.optimizer),
         "scheduler": job.label_of("scheduler", cfg.scheduler), "dataset": cfg.data.name, "seed": cfg.seed,
         "device": None, "num_threads": None, "num_threads_probe": None,
-        "weights": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
+        "weights": None, "image_size": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
     remove_stale_temporaries(run_dir)
@@ -243,6 +243,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
                 size=cfg.data.size, num_classes=cfg.data.num_classes, loader=cfg.data.loader,
             )  # fmt: skip
+            summary["image_size"] = list(train.image_size)  # lenet.predict brings other images to it
             steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
             monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]
             scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable)

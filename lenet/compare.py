@@ -13,6 +13,7 @@ import csv
 import math
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -99,6 +100,15 @@ def lower_is_better(key: str) -> bool:
 def is_fraction(key: str) -> bool:
     """Whether ``key`` holds a fraction shown in percent (accuracies and the like)."""
     return not lower_is_better(key) and key != "lr"
+
+
+def find_sweeps(folder: Path) -> list[Path]:
+    """The sweep dirs in ``folder``: itself when it is one (Hydra's multirun.yaml), else each one inside it."""
+    markers = ("multirun.yaml", "sweep.json")
+    if any((folder / m).is_file() for m in markers):
+        return [folder]
+    inside = sorted({p.parent for m in markers for p in folder.glob(f"**/{m}")})
+    return inside or [folder]  # no marker: jobs alone (copied out of their sweep) are one sweep
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
@@ -220,6 +230,15 @@ def summarise(variant: Variant, metric: str = DEFAULT_METRIC) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def csv_row(row: dict[str, Any], metric: str) -> dict[str, Any]:
+    """A table row for the CSV: a fraction's statistics in percent, as in the Markdown, with ``_pct`` names."""
+    if not is_fraction(metric):
+        return row
+    statistic = (f"final_{metric}_", f"best_{metric}_")
+    return {(f"{k}_pct" if k.startswith(statistic) else k): (100 * v if k.startswith(statistic) else v)
+            for k, v in row.items()}  # fmt: skip
+
+
 def markdown_table(rows: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> str:
     """The rows as a Markdown table, fractions (accuracies) in percent."""
     name = ("final test acc %" if metric == DEFAULT_METRIC else f"final {metric}") + (
@@ -242,39 +261,79 @@ def markdown_table(rows: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> 
     return "\n".join(lines)
 
 
-def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC) -> None:
-    """``metric`` per epoch: the mean over seeds as a line, ± one std as a band, per variant."""
+def _curves(variant: Variant, metric: str) -> list[list[float]]:
+    return [[row[metric] for row in j.metrics] for j in variant.done if j.metrics and metric in j.metrics[0]]
+
+
+def _plotted(values: list[float], metric: str) -> list[float]:
+    # accuracies as test error in percent: on a log axis the last epochs' 0.1-point differences show
+    return [100 * (1 - v) for v in values] if is_fraction(metric) else values
+
+
+def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC, title: str = "") -> None:
+    """Two panels: ``metric`` per epoch (mean over seeds, ± 1 std where n >= 2) and each variant's final values."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant in variants:
-        curves = [[row[metric] for row in j.metrics] for j in variant.done if j.metrics and metric in j.metrics[0]]
-        if not curves:
-            continue
-        epochs = min(len(c) for c in curves)
-        scale = 100 if is_fraction(metric) else 1
-        per_epoch = [[scale * c[e] for c in curves] for e in range(epochs)]
-        mean = [statistics.fmean(v) for v in per_epoch]
-        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
-        xs = list(range(1, epochs + 1))
-        line = ax.plot(xs, mean, marker="o", markersize=3, label=f"{variant.label} (n={len(curves)})")[0]
-        ax.fill_between(
-            xs,
-            [m - s for m, s in zip(mean, std)],
-            [m + s for m, s in zip(mean, std)],
-            color=line.get_color(),
-            alpha=0.2,
-        )
-    ax.set_xlabel("epoch")
     label = "test accuracy" if metric == DEFAULT_METRIC else metric
-    ax.set_ylabel(f"{label} (%)" if is_fraction(metric) else label)
-    ax.set_title(f"{label} per epoch: mean over seeds ± 1 std")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    axis_label = f"{'test error' if metric == DEFAULT_METRIC else f'1 - {metric}'} (%, log scale)" if is_fraction(
+        metric) else label  # fmt: skip
+    shown = [v for v in variants if _curves(v, metric)]
+    fig, (curve_ax, final_ax) = plt.subplots(
+        1, 2, figsize=(11, 4.2 + 0.25 * len(shown)), layout="constrained", gridspec_kw={"width_ratios": [3, 2]}
+    )
+    most_epochs = 0
+    for variant in shown:
+        curves = _curves(variant, metric)
+        epochs = min(len(c) for c in curves)
+        most_epochs = max(most_epochs, epochs)
+        per_epoch = [_plotted([c[e] for c in curves], metric) for e in range(epochs)]
+        mean = [statistics.fmean(v) for v in per_epoch]
+        std = [statistics.stdev(v) if len(v) > 1 else None for v in per_epoch]
+        xs = list(range(1, epochs + 1))
+        name = f"{variant.label} (n={len(curves)})"
+        if epochs <= 5:  # few points: bars at each, instead of a band nobody can read
+            curve_ax.errorbar(xs, mean, yerr=[s or 0 for s in std] if std[0] is not None else None, marker="o",
+                              capsize=3, label=name)  # fmt: skip
+        else:
+            line = curve_ax.plot(xs, mean, marker="o", markersize=3, label=name)[0]
+            if std[0] is not None:
+                curve_ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                      color=line.get_color(), alpha=0.2)  # fmt: skip
+    if most_epochs <= 12:
+        curve_ax.set_xticks(range(1, most_epochs + 1))
+    else:
+        curve_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curve_ax.set_xlim(0.5, most_epochs + 0.5)
+    if is_fraction(metric) or lower_is_better(metric):
+        curve_ax.set_yscale("log")
+        for axis in (curve_ax.yaxis.set_major_formatter, curve_ax.yaxis.set_minor_formatter):
+            axis(ScalarFormatter())  # plain numbers: 0.8, 1, 2 rather than powers of ten
+    with_std = any(len(_curves(v, metric)) > 1 for v in shown)
+    curve_ax.set(xlabel="epoch", ylabel=axis_label,
+                 title=f"per epoch: mean over seeds{' ± 1 std' if with_std else ''}")  # fmt: skip
+    curve_ax.grid(alpha=0.3, which="both")
+
+    for row, variant in enumerate(shown):
+        finals = _plotted(variant.finals(metric), metric)
+        colour = f"C{row}"
+        final_ax.scatter(finals, [row] * len(finals), color=colour, alpha=0.6, s=18, zorder=3)
+        low, high = confidence_interval(finals)
+        mean = statistics.fmean(finals) if finals else math.nan
+        if not math.isnan(low):
+            final_ax.errorbar([mean], [row], xerr=[[mean - low], [high - mean]], color=colour, capsize=4, zorder=2)
+        final_ax.scatter([mean], [row], color=colour, marker="D", s=40, zorder=4)
+    final_ax.set_yticks(range(len(shown)), [textwrap.fill(v.label, 28) for v in shown], fontsize=8)
+    final_ax.set_ylim(len(shown) - 0.5, -0.5)  # first variant on top
+    final_ax.set(xlabel=axis_label.replace(", log scale", ""), title="final epoch: seeds, mean ◆, 95% CI")
+    final_ax.grid(alpha=0.3, axis="x")
+    handles, labels = curve_ax.get_legend_handles_labels()
+    if handles:
+        curve_ax.legend(handles, [textwrap.fill(t, 40) for t in labels], fontsize=8, loc="best")
+    fig.suptitle(f"{label}: {title}" if title else label, fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -333,11 +392,12 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAU
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(report)
+    csv_rows = [csv_row(r, metric) for r in rows]
     with open(out_dir / "comparison.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in csv_rows for k in r)))
         writer.writeheader()
-        writer.writerows(rows)
-    plot(variants, out_dir / "comparison.png", metric)
+        writer.writerows(csv_rows)
+    plot(variants, out_dir / "comparison.png", metric, title=str(sweep_dir))
     return report
 
 
@@ -346,15 +406,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     console_script = Path(sys.argv[0]).name == "lenet-compare"
     prog = "lenet-compare" if console_script else "python -m lenet.compare"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. multirun/2026-11-28/14-10-55")
+    parser.add_argument("sweep_dir", type=Path,
+                        help="a sweep dir, e.g. multirun/2026-11-28/14-10-55; a folder of several: one report each")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
     parser.add_argument("--metric", default=DEFAULT_METRIC,
                         help="a metrics.jsonl key to compare by, e.g. test_top5 or test_loss (default: test_acc)")  # fmt: skip
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a directory")
-    print(compare(args.sweep_dir, args.out, args.metric))
-    print(f"\nwrote comparison.md, comparison.csv and comparison.png to {args.out or args.sweep_dir}", file=sys.stderr)
+    sweeps = find_sweeps(args.sweep_dir)
+    if len(sweeps) > 1:  # seeds are paired within a sweep, never across sweeps: one report each
+        print(f"{args.sweep_dir} holds {len(sweeps)} sweeps: one report for each", file=sys.stderr)
+    for sweep in sweeps:
+        out = args.out / sweep.relative_to(args.sweep_dir) if args.out and len(sweeps) > 1 else args.out
+        print(compare(sweep, out, args.metric))
+        print(f"\nwrote comparison.md, comparison.csv and comparison.png to {out or sweep}\n", file=sys.stderr)
 
 
 if __name__ == "__main__":

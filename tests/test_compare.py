@@ -37,11 +37,13 @@ def test_table_numbers_match_the_summaries(pooling_sweep):
         final = [s["final_test_acc"] for s in mine]
         row = rows[f"pooling={pooling}"]
         assert int(row["n"]) == 3 and int(row["n_failed"]) == 0 and row["pooling"] == pooling
-        assert float(row["final_test_acc_mean"]) == pytest.approx(statistics.fmean(final))
-        assert float(row["final_test_acc_std"]) == pytest.approx(statistics.stdev(final))
-        assert float(row["best_test_acc_mean"]) == pytest.approx(statistics.fmean(s["best_test_acc"] for s in mine))
+        assert float(row["final_test_acc_mean_pct"]) == pytest.approx(100 * statistics.fmean(final))
+        assert float(row["final_test_acc_std_pct"]) == pytest.approx(100 * statistics.stdev(final))
+        assert float(row["best_test_acc_mean_pct"]) == pytest.approx(
+            100 * statistics.fmean(s["best_test_acc"] for s in mine)
+        )
         half = stats.t.ppf(0.975, 2) * statistics.stdev(final) / math.sqrt(3)
-        assert float(row["final_test_acc_ci95_high"]) == pytest.approx(statistics.fmean(final) + half)
+        assert float(row["final_test_acc_ci95_high_pct"]) == pytest.approx(100 * (statistics.fmean(final) + half))
         assert int(row["num_params"]) == 61_706
         assert float(row["epoch_seconds"]) == pytest.approx(statistics.fmean(s["seconds_per_epoch"] for s in mine))
         assert (
@@ -130,3 +132,20 @@ def test_the_usage_line_names_the_command_as_it_was_typed(tmp_path):
     assert usage.startswith("usage: lenet-compare ")
     usage = subprocess.run([sys.executable, "-m", "lenet.compare", "--help"], capture_output=True, text=True).stdout
     assert usage.startswith("usage: python -m lenet.compare ")
+
+
+def test_a_folder_of_several_sweeps_gets_one_report_per_sweep(pooling_sweep, tmp_path):
+    import shutil
+
+    parent = tmp_path / "multirun"
+    for name in ("first", "second"):
+        shutil.copytree(pooling_sweep, parent / "2026-11-29" / name)
+    from lenet.compare import find_sweeps, main
+
+    assert find_sweeps(parent) == [parent / "2026-11-29" / "first", parent / "2026-11-29" / "second"]
+    assert find_sweeps(parent / "2026-11-29" / "first") == [parent / "2026-11-29" / "first"]
+    main([str(parent)])
+    for name in ("first", "second"):
+        report = (parent / "2026-11-29" / name / "comparison.md").read_text()
+        assert "6 jobs, 2 variants." in report  # its own six jobs, never the twelve of both sweeps
+    assert not (parent / "comparison.md").exists()

@@ -1,4 +1,4 @@
-"""Hydra callbacks: a clear error for an unusable output dir, and a sweep's verdict on its jobs."""
+"""Hydra callbacks: a run dir of its own, a clear error for an unusable output dir, and a sweep's verdict."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lenet.run_dirs import claim_run_dir
 from lenet.sweep import job_label, read_swept_keys, sweep_jobs, swept_keys, write_sweep_file
 from lenet.tracking import read_summary
 
@@ -36,6 +37,7 @@ class JobReport(Callback):
     """Fails a sweep at its end, naming the jobs that did not complete; checks output dirs first."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        claim_run_dir(config)
         _ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

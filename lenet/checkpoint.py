@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lenet.config import changed_keys
 from lenet.errors import CheckpointError, ConfigError
 from lenet.tracking import atomic_file
 
@@ -47,7 +48,7 @@ CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": d
 def _unusable(path: Path, why: str) -> CheckpointError:
     return CheckpointError(
         f"cannot resume from {path}: {why}; delete it to start this run over, or start a new run dir "
-        "(another hydra.run.dir, or trainer.resume=false)"
+        "(another hydra.run.dir)"
     )
 
 
@@ -85,22 +86,6 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["shuffle"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def changed_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts, except those under ``ignore``."""
-
-    def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix: node}
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
-        return flat
-
-    a, b = flatten(saved), flatten(current)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]
 
 
 def restore(

@@ -186,3 +186,31 @@ def to_typed(cfg: DictConfig) -> Config:
     assert isinstance(typed, Config)
     validate(typed)
     return typed
+
+
+# keys that may change between a run and its resumption: they do not change its results (a resumed
+# run keeps its thread count from the checkpoint), or must be free to (another device, another data copy)
+RESUME_IGNORES = (
+    "logger",
+    "trainer.resume",
+    "trainer.progress",
+    "device",
+    "data.root",
+    "data.download",
+)
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts, except those under ``ignore``."""
+
+    def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+        return flat
+
+    a, b = flatten(saved), flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]

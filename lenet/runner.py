@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenet.augment import build_augmentation
 from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
-from lenet.config import Config, Precision, to_typed
+from lenet.config import RESUME_IGNORES, Config, Precision, to_typed
 from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
 from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
@@ -44,17 +44,6 @@ from lenet.tracking import Tracker, atomic_file, remove_stale_temporaries
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ["epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"]  # of each metrics.jsonl row
-
-# keys that may change between a run and its resumption without changing its results
-RESUME_IGNORES = (
-    "logger",
-    "trainer.resume",
-    "trainer.progress",
-    "trainer.eval_batch_size",
-    "device",
-    "data.root",
-    "data.download",
-)
 
 
 @dataclass
@@ -206,6 +195,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
     remove_stale_temporaries(run_dir)
     tracker = Tracker(run_dir)
     exit_code = 1
+    keep_summary = False
     elapsed_before = 0.0
     history: list[dict[str, Any]] = []
     try:
@@ -253,12 +243,18 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             checkpoint_path = run_dir / CHECKPOINT_FILE
             # a job that submitit requeued after a time-out or pre-emption continues where it stopped
             resume = cfg.trainer.resume or job.requeueable
+            # a resume that is refused leaves the summary of the run it would continue as it was
+            keep_summary = resume and (run_dir / "summary.json").is_file()
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
             # after the loggers' start-up, which would otherwise count as load; a resumed run keeps its thread
             # count, since the count changes the bits of CPU results
-            num_threads, probe = choose_num_threads(
-                cfg.device.num_threads or (checkpoint or {}).get("num_threads"), device, job.parallel_jobs
-            )
+            pinned = cfg.device.num_threads
+            if checkpoint is not None and checkpoint.get("num_threads"):
+                if pinned and pinned != checkpoint["num_threads"]:
+                    log.warning("device.num_threads=%d ignored: the run continues with the %d threads it started "
+                                "with, whose results it would otherwise not repeat", pinned, checkpoint["num_threads"])  # fmt: skip
+                pinned = checkpoint["num_threads"]
+            num_threads, probe = choose_num_threads(pinned, device, job.parallel_jobs)
             torch.set_num_threads(num_threads)
             summary["num_threads"] = num_threads
             summary["num_threads_probe"] = {str(n): seconds for n, seconds in probe.items()} or None
@@ -272,6 +268,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
             elif cfg.trainer.resume:
                 log.info("trainer.resume=true but %s does not exist: starting from epoch 1", checkpoint_path)
+            keep_summary = False  # the run goes on: its summary is this run's from now on
             tracker.write_metrics(history)  # drops epochs logged after the checkpoint was written
 
             bf16 = cfg.trainer.precision == Precision.bf16
@@ -348,7 +345,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         _fill_results(summary, history)
         summary["wall_seconds"] = elapsed_before + time.perf_counter() - started
         summary["finished_at"] = _now()
-        tracker.finish(summary, exit_code)
+        tracker.finish(summary, exit_code, write_summary=not keep_summary)
     return summary
 
 

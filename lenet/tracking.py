@@ -102,7 +102,8 @@ class Tracker:
         """Pass a file of the run (``kind`` model: the final weights) to the loggers."""
         self.loggers.log_file(path, kind)
 
-    def finish(self, summary: dict[str, Any], exit_code: int) -> None:
-        """Write summary.json and finish the loggers, marked failed when ``exit_code`` is not 0."""
-        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    def finish(self, summary: dict[str, Any], exit_code: int, write_summary: bool = True) -> None:
+        """Write summary.json (unless told not to) and finish the loggers, marked failed when ``exit_code`` is not 0."""
+        if write_summary:
+            write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         self.loggers.finish(summary, exit_code)

@@ -1,0 +1,42 @@
+"""A run's folder is its own: never shared with another run, never rewritten by a refused or failed resume."""
+
+import pytest
+
+from conftest import read_json, run_train
+
+TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
+        "device=cpu", "device.num_threads=1", "trainer.epochs=1"]  # fmt: skip
+
+
+def test_a_dated_folder_taken_by_another_run_gets_a_suffix(tmp_path):
+    # a dated pattern that two runs always share: as two runs started in the same second share Hydra's default
+    pattern = "hydra.run.dir=outputs/${now:%Y}"
+    first, second = (run_train(*TINY, pattern, cwd=tmp_path) for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    folders = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    assert len(folders) == 2 and folders[1] == f"{folders[0]}-1"
+    assert all(read_json(tmp_path / "outputs" / f / "summary.json")["status"] == "completed" for f in folders)
+
+
+@pytest.mark.slow
+def test_a_named_folder_holding_a_run_is_refused_and_left_as_it_was(tmp_path):
+    assert run_train(*TINY, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    result = run_train(*TINY, "seed=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: run already holds a run; continue it with")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_refused_resume_leaves_the_runs_config_and_summary_alone(tmp_path):
+    assert run_train(*TINY, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    overrides = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    result = run_train(*TINY, "optimizer.lr=0.01", "trainer.resume=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1 and "different values of optimizer.lr" in result.stderr
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"junk")  # and a resume that fails on its checkpoint
+    result = run_train(*TINY, "trainer.resume=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1 and "cannot resume from" in result.stderr
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text().startswith(overrides.rstrip())
+    assert (tmp_path / "run" / "summary.json").read_text() == summary

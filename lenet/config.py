@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -20,6 +21,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lenet.errors import ConfigError
+
+
+MAX_GENERATED_IMAGES = 1_000_000  # data.train_size/test_size: about 5 KB of memory each, once preprocessed
 
 
 class Resize(Enum):
@@ -156,8 +160,16 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.num_classes >= 1, "data.num_classes", ">= 1", cfg.data.num_classes)
     _require(cfg.data.train_size >= 1, "data.train_size", ">= 1", cfg.data.train_size)
     _require(cfg.data.test_size >= 1, "data.test_size", ">= 1", cfg.data.test_size)
-    threads = cfg.device.num_threads
-    _require(threads is None or threads >= 1, "device.num_threads", "null or >= 1", threads)
+    _require(all(math.isfinite(v) for v in cfg.data.mean), "data.mean", "finite numbers", cfg.data.mean)
+    limit = MAX_GENERATED_IMAGES
+    _require(cfg.data.train_size <= limit, "data.train_size", f"<= {limit} (generated images, in memory)",
+             cfg.data.train_size)  # fmt: skip
+    _require(cfg.data.test_size <= limit, "data.test_size", f"<= {limit} (generated images, in memory)",
+             cfg.data.test_size)  # fmt: skip
+    _require(0 <= cfg.seed < 2**63, "seed", "an integer from 0 to 2^63 - 1", cfg.seed)
+    threads, most = cfg.device.num_threads, 4 * (os.cpu_count() or 1)
+    _require(threads is None or 1 <= threads <= most, "device.num_threads",
+             f"null or 1..{most} (4 per core: more only slow a run down)", threads)  # fmt: skip
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import os
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -33,6 +36,7 @@ SPLIT_FILES = {
 }
 IMAGE_SIDE = 32  # LeNet-5's input: 28x28 digits centred in a 32x32 field
 PREPROCESS_CHUNK = 1024  # images per preprocessing pass: ~4 MB of float32 intermediates
+MAX_IDX_BYTES = 1 << 32  # 4 GiB: far above any LeNet dataset, far below what a corrupt header can claim
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -52,31 +56,52 @@ class Split:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array; bad files raise DataError."""
+    """Read an IDX file (optionally gzipped) into a numpy array; bad files raise DataError.
+
+    The header is checked before the data is read, and a gzipped file is decompressed only as far as
+    its header promises: a corrupt, hostile or huge file costs no more memory than a good one.
+    """
     try:
-        if path.suffix == ".gz":
-            raw = bytearray(gzip.decompress(path.read_bytes()))
-        else:  # straight into a writable buffer: one copy of the file, not two
-            with path.open("rb") as f:
-                raw = bytearray(os.fstat(f.fileno()).st_size)
-                del raw[f.readinto(raw) :]  # a file that shrank meanwhile fails the size check below
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+                raise DataError(
+                    f"{path} is not an IDX file (bad header {magic.hex()}); delete it and download again"
+                )
+            dims = f.read(4 * magic[3])
+            if len(dims) < 4 * magic[3]:
+                raise DataError(f"{path} is truncated inside its header; delete it and download again")
+            shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise DataError(
+                    f"{path}: its header promises shape {shape}, {expected} bytes, more than the "
+                    f"{MAX_IDX_BYTES >> 30} GiB this reader takes; it is corrupt or not a dataset for LeNet"
+                )
+            raw = bytearray(expected if path.suffix != ".gz" else 0)
+            if path.suffix != ".gz":
+                held = os.fstat(f.fileno()).st_size - f.tell()
+                if held != expected:
+                    raise _size_error(path, shape, expected, held)
+                del raw[f.readinto(raw) :]  # a file that shrank meanwhile fails the check below
+            else:
+                while len(raw) < expected and (chunk := f.read(min(1 << 24, expected - len(raw)))):
+                    raw += chunk
+                if len(raw) == expected and f.read(1):
+                    raise _size_error(path, shape, expected, "more than that")
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}; delete it and download again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"{path} is not an IDX file (bad header {raw[:4].hex()}); delete it and download again")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated inside its header; delete it and download again")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(
-            f"{path} is truncated or corrupt: its header promises {expected} bytes of data for shape "
-            f"{shape}, the file holds {len(raw) - header}; delete it and download again"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    if len(raw) != expected:
+        raise _size_error(path, shape, expected, len(raw))
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _size_error(path: Path, shape: tuple[int, ...], expected: int, held: object) -> DataError:
+    return DataError(
+        f"{path} is truncated or corrupt: its header promises {expected} bytes of data for shape "
+        f"{shape}, the file holds {held}; delete it and download again"
+    )
 
 
 def candidate_dirs(root: Path, dataset: str) -> list[Path]:
@@ -108,15 +133,20 @@ def _download(root: Path, dataset: str) -> None:
     import torchvision.datasets  # imported only here: it costs a second of start-up
 
     cls = getattr(torchvision.datasets, TORCHVISION_FOLDERS[dataset])
-    try:
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
-    except Exception as e:  # network errors come in many types
-        reason = " ".join(str(e).split())  # torchvision's message spans lines; the error is one
-        raise DataError(
-            f"downloading {dataset} into {root} failed ({type(e).__name__}: {reason}); put the four IDX files "
-            f"in {root / TORCHVISION_FOLDERS[dataset] / 'raw'} or point data.root at a copy"
-        ) from None
+    raw = root / TORCHVISION_FOLDERS[dataset] / "raw"
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{dataset}.download.") as staging:
+        try:
+            for train in (True, False):
+                cls(staging, train=train, download=True)
+        except Exception as e:  # network errors come in many types
+            reason = " ".join(str(e).split())  # torchvision's message spans lines; the error is one
+            raise DataError(
+                f"downloading {dataset} into {root} failed ({type(e).__name__}: {reason}); put the four IDX files "
+                f"in {raw} or point data.root at a copy"
+            ) from None
+        raw.mkdir(parents=True, exist_ok=True)
+        for path in (Path(staging) / TORCHVISION_FOLDERS[dataset] / "raw").iterdir():
+            os.replace(path, raw / path.name)
 
 
 def _first_missing(path: Path) -> Optional[Path]:
@@ -137,6 +167,16 @@ def _remove_empty_folders(top: Path) -> None:
 
 def locate_raw(root: Path, dataset: str, download: bool) -> dict[str, tuple[Path, Path]]:
     """Paths of the (images, labels) IDX files per split, downloading them if allowed."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root={root} is a file, not a folder; set data.root to the folder that holds {dataset}")
+    try:
+        return _locate_raw(root, dataset, download)
+    except OSError as e:  # permissions, a read-only file system, ...
+        raise DataError(f"cannot use data.root={root}: {e.strerror or e}; point data.root at a readable copy") from None
+
+
+def _locate_raw(root: Path, dataset: str, download: bool) -> dict[str, tuple[Path, Path]]:
+    # downloads move each file into place in one rename, so a look without the lock never sees half a file
     found = _find_split_files(root, dataset)
     if found is None and download:
         created = _first_missing(root)

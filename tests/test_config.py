@@ -125,3 +125,20 @@ def test_out_of_range_values_name_the_key(override, key):
 def test_missing_mandatory_value_is_a_config_error():
     with pytest.raises(ConfigError, match="model.name|name"):
         to_typed(compose("config", overrides=["model.name=???"]))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("seed=18446744073709551616", "seed must be an integer from 0 to 2^63 - 1"),
+        ("seed=-1", "seed must be an integer from 0 to 2^63 - 1"),
+        ("device.num_threads=100000", "device.num_threads must be null or 1.."),
+        ("data.train_size=100000000000", "data.train_size must be <= 1000000"),
+        ("data.test_size=0", "data.test_size must be >= 1"),
+        ("data.mean=[nan]", "data.mean must be finite numbers"),
+        ("data.std=[0]", "data.std must be finite numbers > 0"),
+    ],
+)
+def test_values_a_type_cannot_refuse_are_refused_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message.replace("^", r"\^").replace(".", r"\.")):
+        to_typed(compose("config", overrides=[override]))

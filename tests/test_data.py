@@ -217,3 +217,43 @@ def test_a_registered_loader_is_a_dataset_and_bad_labels_are_named(monkeypatch):
         ConfigError, match="unknown dataset 'cifar'; known: fashion_mnist, .*kmnist, mnist, synthetic.*data.loader"
     ):
         load_dataset("cifar", Path("unused"), False, "pad", [0.5], [0.25], CPU)
+
+
+def _idx_header(*shape: int) -> bytes:
+    return bytes([0, 0, 0x08, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
+
+
+def test_hostile_idx_files_are_one_line_without_reading_what_they_claim(tmp_path):
+    import gzip as gz
+    import tracemalloc
+
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"  # 10 images promised, 64 MB of zeros delivered
+    with gz.open(bomb, "wb") as f:
+        f.write(_idx_header(10, 28, 28))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    overflow = tmp_path / "overflow-idx3-ubyte"
+    overflow.write_bytes(_idx_header(0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF))
+    sparse = tmp_path / "sparse-idx3-ubyte"  # a header, then a hole of 1 TB
+    sparse.write_bytes(_idx_header(10, 28, 28))
+    with open(sparse, "r+b") as f:
+        f.truncate(1 << 40)
+    deflate = tmp_path / "deflate-idx3-ubyte.gz"
+    deflate.write_bytes(gz.compress(_idx_header(10, 28, 28) + bytes(7840))[:20] + b"\xff" * 200)
+    expected = {bomb: "the file holds more than that", overflow: "more than the 4 GiB this reader takes",
+                sparse: "the file holds 1099511627760", deflate: "cannot read"}  # fmt: skip
+    for path, fragment in expected.items():
+        tracemalloc.start()
+        with pytest.raises(DataError) as e:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert fragment in str(e.value) and "\n" not in str(e.value), path
+        assert peak < 64 << 20, (path, peak)  # never the claimed or delivered size
+
+
+def test_a_data_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for download in (True, False):
+        with pytest.raises(DataError, match="data.root=.*afile is a file, not a folder"):
+            locate_raw(tmp_path / "afile", "mnist", download=download)

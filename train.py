@@ -9,8 +9,10 @@ import hydra
 from omegaconf import DictConfig
 
 from lenet.config import register_configs
+from lenet.errors import shorten_hydra_errors
 
 register_configs()
+shorten_hydra_errors()
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

@@ -31,3 +31,50 @@ class Interrupted(Exception):
     def __init__(self, signal_name: str):
         super().__init__(f"interrupted by {signal_name}")
         self.signal_name = signal_name
+
+
+def shorten_hydra_errors() -> None:
+    """Make Hydra report a composition error (unknown option, bad override) as one ``error:`` line.
+
+    Hydra prints such errors over 4-13 lines (the options, its config search path, a hint). Errors of
+    the job itself keep Hydra's reporting (a traceback for a bug); HYDRA_FULL_ERROR=1 keeps it all.
+    """
+    import os
+    import sys
+
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import CompactHydraException, OverrideParseException
+
+    report = hydra_utils.run_and_report
+
+    def run_and_report(func):  # type: ignore[no-untyped-def]
+        try:
+            return func()
+        except (CompactHydraException, OverrideParseException) as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            cause = f"; {str(e.__cause__).splitlines()[0]}" if e.__cause__ is not None and str(e.__cause__) else ""
+            print(f"error: {one_line(str(e))}{cause}", file=sys.stderr)
+            sys.exit(1)
+        except Exception as e:  # Hydra's own reporting, as if it had caught it
+            error = e
+
+            def raise_again() -> None:
+                raise error
+
+            return report(raise_again)
+
+    hydra_utils.run_and_report = run_and_report
+
+
+def one_line(message: str) -> str:
+    """Hydra's multi-line message as one line: indented lists joined by commas, its search path left out."""
+    parts: list[str] = []
+    for line in message.split("Config search path:")[0].splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("\t") and parts:
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line.strip()
+        else:
+            parts.append(line.strip())
+    return "; ".join(parts)

@@ -103,6 +103,8 @@ def test_cfg_job_help_and_info_work_as_in_hydra(tmp_path):
 def assert_one_line_error(result, *fragments):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
 
@@ -116,6 +118,10 @@ def assert_one_line_error(result, *fragments):
         (["optimizer.lr=-1"], ["error: optimizer.lr must be a finite number > 0, got -1"]),
         (["optimizer.lr=nan"], ["error: optimizer.lr must be a finite number > 0, got nan"]),
         (["trainer.epochs=0"], ["error: trainer.epochs must be >= 1, got 0"]),
+        (["model=nope"], ["Could not find 'model/nope'", "lenet5, lenet5_classic"]),
+        (["pooling=avg,max"], ["Ambiguous value for argument 'pooling=avg,max'", "--multirun"]),
+        (["optimizer.lr=0.1)"], ["Error parsing override 'optimizer.lr=0.1)'"]),
+        (["optimizer.lrr=1"], ["Could not override 'optimizer.lrr'", "+optimizer.lrr=1"]),
     ],
 )
 @pytest.mark.slow

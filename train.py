@@ -5,11 +5,17 @@ python train.py optimizer=adam pooling=avg    # choose options of the config gro
 python train.py -m pooling=avg,max seed=0,1,2 # a sweep: one job per combination
 """
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from lenet.config import register_configs
-from lenet.errors import shorten_hydra_errors
+from lenet import signals
+
+signals.install()  # first: a Ctrl-C or SIGTERM from here on stops the run cleanly, never lost
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from lenet.config import register_configs  # noqa: E402
+from lenet.errors import shorten_hydra_errors  # noqa: E402
 
 register_configs()
 shorten_hydra_errors()
@@ -24,4 +30,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # a second Ctrl-C before a job could record the first
+        print("error: interrupted by SIGINT", file=sys.stderr)
+        raise SystemExit(130) from None

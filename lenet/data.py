@@ -65,9 +65,7 @@ def read_idx(path: Path) -> np.ndarray:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             magic = f.read(4)
             if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
-                raise DataError(
-                    f"{path} is not an IDX file (bad header {magic.hex()}); delete it and download again"
-                )
+                raise DataError(f"{path} is not an IDX file (bad header {magic.hex()}); delete it and download again")
             dims = f.read(4 * magic[3])
             if len(dims) < 4 * magic[3]:
                 raise DataError(f"{path} is truncated inside its header; delete it and download again")

@@ -17,7 +17,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from lenet.losses import build_loss
 from lenet.metrics import get_metric, metric_key
 from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
+from lenet.signals import SignalStop, pending_name
 from lenet.sweep import job_label, read_swept_keys, split_override
 from lenet.threads import available_cores, choose_num_threads
 from lenet.loggers import build_loggers
@@ -59,6 +59,7 @@ class JobInfo:
     parallel_jobs: int = 1  # jobs of the sweep running at once on this machine
     requeueable: bool = False  # run by submitit, which may run it again after a time-out or pre-emption
     choices: dict[str, Optional[str]] = field(default_factory=dict)  # the option Hydra chose in each group
+    launcher: str = ""  # the launcher's _target_ in a multirun
 
     @classmethod
     def from_hydra(cls) -> "JobInfo":
@@ -81,6 +82,7 @@ class JobInfo:
             parallel_jobs=max(1, parallel),
             requeueable="SUBMITIT_EXECUTOR" in os.environ,
             choices=dict(hc.runtime.choices),
+            launcher=str(OmegaConf.select(hc, "launcher._target_", default="")) if multirun else "",
         )
 
     def label_of(self, group: str, node: dict[str, Any]) -> str:
@@ -98,34 +100,6 @@ class JobInfo:
             return str(self.sweep_dir.relative_to(self.cwd.resolve()))
         except ValueError:
             return str(self.sweep_dir)
-
-
-class SignalStop:
-    """Turn SIGINT/SIGTERM into a request to stop at the next step boundary; a second SIGINT stops at once."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "SignalStop":
-        # submitit installs its own handlers to checkpoint and requeue; signals only reach the main thread
-        if threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
-
-    def __call__(self) -> Optional[str]:
-        return None if self.signum is None else signal.Signals(self.signum).name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,6 +174,8 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
     history: list[dict[str, Any]] = []
     try:
         with SignalStop() as stop:
+            if stop():  # received before this job started: during start-up or between a sweep's jobs
+                raise Interrupted(stop())
             device = resolve_device(cfg.device.name)
             summary["device"] = str(device)
             # model and optimizer before the data, so that a wrong argument of theirs fails before any work
@@ -450,4 +426,10 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> float:
             return math.nan
         _to_log_file("the run failed with this traceback:", exc_info=True)
         raise
+    name = pending_name()
+    if name and "joblib" not in job.launcher:  # a joblib worker leaves the signal to the sweep's own process
+        message = f"error: interrupted by {name} as the run finished: it completed (results in {job.run_dir})"
+        _to_log_file(message)
+        print(f"{message}; nothing more runs", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[name].value)
     return summary["final_test_acc"]

@@ -1,9 +1,11 @@
 """Interruptions, resumption, divergence and reproducibility."""
 
+import os
 import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -211,3 +213,46 @@ def test_the_interrupted_message_offers_resume_only_when_a_checkpoint_exists(tmp
     message = interrupted_message("SIGTERM", run_dir)
     assert message.startswith("error: interrupted by SIGTERM; the checkpoint of the last finished epoch is kept")
     assert message.endswith(f"hydra.run.dir='{run_dir}'")  # quoted: the path holds a space
+
+
+def test_a_signal_received_before_a_job_starts_stops_it_at_once(tmp_path, monkeypatch):
+    from lenet import signals
+    from lenet.errors import Interrupted
+
+    monkeypatch.setattr(signals, "pending", signal.SIGTERM)  # as if it came during start-up or between jobs
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=1")
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.15, 0.5, 1.5])
+def test_sigterm_during_start_up_is_honoured_without_a_traceback(tmp_path, delay):
+    args = [*SYNTHETIC, "data.train_size=256", "trainer.epochs=3", "hydra.run.dir=run"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(delay)  # importing Hydra, composing, importing torch
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert "interrupted by SIGTERM" in stderr
+    summary = tmp_path / "run" / "summary.json"
+    assert not summary.exists() or read_json(summary)["status"] in ("interrupted", "completed")
+
+
+@pytest.mark.slow
+def test_sigterm_between_sweep_jobs_stops_the_sweep_without_a_traceback(tmp_path):
+    args = ["-m", *SYNTHETIC, "data.train_size=256", "trainer.epochs=1", "seed=0,1,2", "hydra.sweep.dir=sweep"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = tmp_path / "sweep" / "0" / "summary.json"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)  # job 0 has ended, job 1 is about to start
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert read_json(first)["status"] == "completed"
+    assert not (tmp_path / "sweep" / "2" / "summary.json").exists()  # the sweep stopped

@@ -1,0 +1,64 @@
+"""SIGINT and SIGTERM, from the process's start to its exit: a request to stop at the next step boundary.
+
+``train.py`` installs the handler before anything else is imported, so a signal during start-up,
+between the jobs of a sweep or as a run finishes is recorded, never lost and never a traceback: a job
+that starts with a signal pending stops at once, a running one after its current step. A second
+Ctrl-C stops at once. Under submitit nothing is installed: it handles the signals of its jobs itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+pending: Optional[int] = None  # the signal received and not yet acted on
+
+
+def _record(signum: int, frame: Any) -> None:
+    global pending
+    if pending == signal.SIGINT and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    pending = signum
+    log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+
+
+def _installable() -> bool:
+    # signals reach only the main thread; submitit installs its own handlers to checkpoint and requeue
+    return threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ
+
+
+def install() -> None:
+    """Record SIGINT and SIGTERM from now on, for the rest of the process."""
+    if _installable():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _record)
+
+
+def pending_name() -> Optional[str]:
+    """The pending signal's name (``SIGINT``, ``SIGTERM``), or None."""
+    return None if pending is None else signal.Signals(pending).name
+
+
+class SignalStop:
+    """While a job runs: SIGINT/SIGTERM recorded as a request to stop; calling it names the signal, if any."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "SignalStop":
+        if _installable():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, _record)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def __call__(self) -> Optional[str]:
+        return pending_name()

@@ -5,6 +5,7 @@ Called from the Hydra callback before Hydra writes a run's ``.hydra/`` files, so
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def claim_run_dir(config: DictConfig) -> None:
     run continues it (trainer.resume=true) with the config it was made with.
     """
     run_dir = Path(config.hydra.run.dir)
-    if OmegaConf.select(config, "trainer.resume", default=False):
+    # a job that submitit runs again after a time-out or pre-emption continues its run, as trainer.resume does
+    if OmegaConf.select(config, "trainer.resume", default=False) or "SUBMITIT_EXECUTOR" in os.environ:
         _check_resumable(config, run_dir)
         return
     if "${now:" in str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir")):

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.run_dirs import claim_run_dir
+from lenet.run_dirs import claim_run_dir, claim_sweep_dir
 from lenet.sweep import job_label, read_swept_keys, sweep_jobs, swept_keys, write_sweep_file
 from lenet.tracking import read_summary
 
@@ -43,6 +43,7 @@ class JobReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if _previewing(config):
             return
+        claim_sweep_dir(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         _ensure_writable(sweep_dir, "hydra.sweep.dir")
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}

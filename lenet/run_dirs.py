@@ -83,3 +83,32 @@ def _check_resumable(config: DictConfig, run_dir: Path) -> None:
             f"cannot resume {run_dir}: it was made with different values of {', '.join(changed)}; "
             "resume with the same config or start a new run dir"
         )
+
+
+def claim_sweep_dir(config: DictConfig) -> None:
+    """As ``claim_run_dir``, for a sweep: a dated sweep dir of its own, a named one holding a sweep refused."""
+    from lenet.sweep import sweep_jobs
+
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if OmegaConf.select(config, "trainer.resume", default=False):
+        return  # continues the sweep in that dir, job by job
+    if "${now:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir")):
+        claimed = _unique_folder(sweep_dir)
+        if claimed != sweep_dir:
+            with read_write(config.hydra.sweep):
+                config.hydra.sweep.dir = str(claimed)
+            # the launcher composes each job's config again from these overrides: the jobs go there too
+            with read_write(config.hydra.overrides):
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(claimed))}")
+    elif sweep_dir.is_dir() and sweep_jobs(sweep_dir):
+        _refuse(
+            f"{sweep_dir} already holds a sweep ({len(sweep_jobs(sweep_dir))} jobs); choose another "
+            "hydra.sweep.dir, or delete that folder to start over there"
+        )
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a Hydra override value: quoted when it holds characters the override grammar reads."""
+    if all(c.isalnum() or c in "/._-" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

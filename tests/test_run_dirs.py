@@ -40,3 +40,19 @@ def test_a_refused_resume_leaves_the_runs_config_and_summary_alone(tmp_path):
     assert result.returncode == 1 and "cannot resume from" in result.stderr
     assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text().startswith(overrides.rstrip())
     assert (tmp_path / "run" / "summary.json").read_text() == summary
+
+
+@pytest.mark.slow
+def test_sweeps_get_their_own_dirs_and_a_named_dir_holding_a_sweep_is_refused(tmp_path):
+    sweep = ["-m", *TINY, "seed=0,1"]
+    for _ in range(2):  # a dated pattern both share, as two sweeps started in the same second share Hydra's
+        assert run_train(*sweep, "hydra.sweep.dir=multirun/${now:%Y}", cwd=tmp_path).returncode == 0
+    (first,) = [p for p in (tmp_path / "multirun").iterdir() if "-" not in p.name]
+    second = first.with_name(f"{first.name}-1")
+    for folder in (first, second):  # each sweep's jobs in its own dir
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != ".hydra") == ["0", "1"]
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    result = run_train(*sweep, f"hydra.sweep.dir={first}", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.strip().endswith("choose another hydra.sweep.dir, or delete "
+                                                                     "that folder to start over there")  # fmt: skip
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before

@@ -427,7 +427,8 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> float:
         _to_log_file("the run failed with this traceback:", exc_info=True)
         raise
     name = pending_name()
-    if name and "joblib" not in job.launcher:  # a joblib worker leaves the signal to the sweep's own process
+    # a job in a worker process of a parallel launcher leaves the signal to the sweep's own process
+    if name and not any(worker in job.launcher for worker in ("joblib", "processes")):
         message = f"error: interrupted by {name} as the run finished: it completed (results in {job.run_dir})"
         _to_log_file(message)
         print(f"{message}; nothing more runs", file=sys.stderr)

@@ -24,7 +24,6 @@ def job_summaries(sweep):
 
 @pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "pooling=avg,max", *SYNTHETIC,
                        "logger=wandb", "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -35,7 +34,55 @@ def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
     assert [s["pooling"] for s in summaries] == ["avg", "max"] and all(s["status"] == "completed" for s in summaries)
     budget = max(1, available_cores() // min(2, available_cores()))
     assert all(1 <= s["num_threads"] <= budget for s in summaries)  # no oversubscription
-    assert "Joblib.Parallel" in result.stdout + result.stderr
+    assert "Launching 2 jobs, 2 at a time, each in its own process" in result.stdout + result.stderr
+
+
+def _job_process(sweep, index):
+    """The pid of the running `python -m lenet.job_process SWEEP/.../INDEX.job` process, or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        job = [a.decode() for a in argv if a.endswith(f"/{index}.job".encode())]
+        if b"lenet.job_process" in argv and job and job[0].startswith(str(sweep)):
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's process in /proc")
+def test_a_killed_job_fails_alone_and_the_sweep_runs_on(tmp_path):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", *SYNTHETIC, "device.num_threads=1",
+            "data.train_size=3000", "trainer.epochs=3", "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
+    os.kill(_job_process(tmp_path / "sweep", 0), signal.SIGKILL)  # as the out-of-memory killer does
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    summaries = job_summaries(tmp_path / "sweep")
+    assert summaries[0]["status"] == "failed" and "killed by SIGKILL" in summaries[0]["error"]
+    assert [s["status"] for s in summaries[1:]] == ["completed", "completed"]
+    assert "1 of 3 jobs did not complete" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's processes in /proc")
+def test_sigterm_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_path):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", *SYNTHETIC, "device.num_threads=1",
+            "data.train_size=3000", "trainer.epochs=5", "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl")
+    workers = [_job_process(tmp_path / "sweep", n) for n in (0, 1)]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert [read_json(tmp_path / "sweep" / str(n) / "summary.json")["status"] for n in (0, 1)] == ["interrupted"] * 2
+    assert not (tmp_path / "sweep" / "2").exists()  # nothing started after the signal
+    assert None not in workers and not [p for p in workers if os.path.exists(f"/proc/{p}")], workers  # no orphan
 
 
 @pytest.mark.slow

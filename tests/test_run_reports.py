@@ -41,7 +41,6 @@ def test_a_sweep_ends_with_one_line_per_job_and_the_compare_command(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_jobs_label_their_lines(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "pooling=avg,max", *TINY,
                        "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr

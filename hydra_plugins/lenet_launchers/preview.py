@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 @dataclass
 class PreviewLauncherConf:
-    _target_: str = "hydra_plugins.lenet_preview.preview_launcher.PreviewLauncher"
+    _target_: str = "hydra_plugins.lenet_launchers.preview.PreviewLauncher"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="preview", node=PreviewLauncherConf, provider="lenet")

@@ -1,0 +1,148 @@
+"""``hydra/launcher=joblib`` (or ``=processes``): a sweep's jobs in parallel local processes, one process each.
+
+hydra-joblib-launcher runs jobs in a loky worker pool, where one worker's death (the out-of-memory
+killer, SIGKILL) aborts the whole sweep and takes the other workers' jobs with it, and where a SIGTERM
+to the sweep leaves the workers running. Here each job is a process of its own
+(``python -m lenet.job_process``), started ``n_jobs`` at a time: a job whose process dies is recorded
+as failed with its reason and the others run on; a SIGINT or SIGTERM to the sweep is passed to every
+running job, which stops at its next step and records itself interrupted, and no job starts after
+it; the jobs die with the sweep if it is killed (Linux).
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class ProcessesLauncherConf:
+    _target_: str = "hydra_plugins.lenet_launchers.processes.ProcessesLauncher"
+    n_jobs: int = -1  # jobs at once; -1: one per CPU core
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="processes", node=ProcessesLauncherConf, provider="lenet")
+
+
+def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when the sweep's process dies
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the sweep's signal handler still passes signals on
+
+
+class ProcessesLauncher(Launcher):
+    """Runs each job in its own process, ``n_jobs`` at a time."""
+
+    def __init__(self, n_jobs: int = -1, **joblib_keys: Any) -> None:
+        # joblib_keys: hydra-joblib-launcher's other keys, when that plugin is installed beside (its schema
+        # is merged into the option of the same name); they have no meaning here
+        self.n_jobs = n_jobs
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import cloudpickle
+
+        from lenet import signals
+
+        assert self.config is not None and self.hydra_context is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        slots = (os.cpu_count() or 1) if self.n_jobs < 0 else max(1, self.n_jobs)
+        log.info(f"Launching {len(job_overrides)} jobs, {slots} at a time, each in its own process, in {sweep_dir}")
+        state = Singleton.get_state()
+        waiting = list(enumerate(job_overrides, start=initial_job_idx))
+        running: dict[int, tuple[subprocess.Popen, Path, Sequence[str]]] = {}
+        results: dict[int, JobReturn] = {}
+        forwarded = False
+        with tempfile.TemporaryDirectory(dir=sweep_dir.resolve(), prefix=".jobs.") as scratch:
+            while waiting or running:
+                if signals.pending is not None and not forwarded:  # stop: pass it on, start nothing more
+                    for process, _, _ in running.values():
+                        process.send_signal(signals.pending)
+                    forwarded, waiting = True, []
+                while waiting and len(running) < slots and not forwarded:
+                    idx, overrides = waiting.pop(0)
+                    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                    job_file, result = Path(scratch) / f"{idx}.job", Path(scratch) / f"{idx}.result"
+                    with open(job_file, "wb") as f:
+                        cloudpickle.dump(
+                            {"idx": idx, "overrides": list(overrides), "hydra_context": self.hydra_context,
+                             "config": self.config, "task_function": self.task_function, "singleton_state": state},
+                            f,
+                        )  # fmt: skip
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "lenet.job_process", str(job_file), str(result)],
+                        start_new_session=True,  # a terminal's Ctrl-C reaches the sweep, which passes it on once
+                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    )
+                    running[idx] = (process, result, overrides)
+                for idx, (process, result, overrides) in list(running.items()):
+                    if process.poll() is not None:
+                        del running[idx]
+                        results[idx] = self._collect(idx, overrides, process.returncode, result)
+                time.sleep(POLL_SECONDS)
+        if signals.pending is not None:
+            name = signal.Signals(signals.pending).name
+            print(f"error: interrupted by {name}: the running jobs stopped and recorded it; no job started after",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(128 + signals.pending)
+        return [results[idx] for idx in sorted(results)]
+
+    def _collect(self, idx: int, overrides: Sequence[str], returncode: int, result: Path) -> JobReturn:
+        import cloudpickle
+
+        if result.is_file():
+            with open(result, "rb") as f:
+                return cloudpickle.load(f)
+        how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+        reason = f"the job's process died ({how}; the out-of-memory killer sends SIGKILL)"
+        log.error(f"#{idx} failed: {reason}")
+        job_dir = self._job_dir(idx, overrides)
+        self._record_failure(job_dir, overrides, reason)
+        ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir), task_name="train")
+        ret.status, ret.return_value = JobStatus.COMPLETED, float("nan")  # a failed job is NaN, as in the runner
+        return ret
+
+    def _job_dir(self, idx: int, overrides: Sequence[str]) -> Path:
+        assert self.config is not None and self.hydra_context is not None
+        job_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(job_config):
+            job_config.hydra.job.num = idx
+        return Path(str(job_config.hydra.sweep.dir)) / str(OmegaConf.select(job_config, "hydra.sweep.subdir"))
+
+    @staticmethod
+    def _record_failure(job_dir: Path, overrides: Sequence[str], reason: str) -> None:
+        """Mark the job failed in its summary.json, keeping what the job recorded itself."""
+        from lenet.tracking import SUMMARY_FILE, read_summary, write_atomic
+
+        job_dir.mkdir(parents=True, exist_ok=True)
+        summary = read_summary(job_dir) or {"final_test_acc": None, "best_test_acc": None}
+        if summary.get("status") in ("completed", "failed", "interrupted"):
+            return
+        summary.update(status="failed", error=reason, overrides=list(overrides))
+        write_atomic(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -1,1 +1,0 @@
-"""A Hydra launcher that lists a sweep's jobs instead of running them: ``hydra/launcher=preview``."""

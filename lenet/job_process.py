@@ -1,0 +1,53 @@
+"""One job of a sweep in a process of its own: ``python -m lenet.job_process JOB.pkl RESULT.pkl``.
+
+Started by the ``processes`` launcher (``hydra_plugins/lenet_launchers/processes.py``). ``JOB.pkl``
+holds what Hydra needs to run the job (as submitit ships it); the job's ``JobReturn`` is written to
+``RESULT.pkl``. A process that dies leaves no result, and the launcher records the job as failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def execute_job(
+    idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, task_function: Any, singleton_state: Any
+) -> Any:
+    """Compose job ``idx``'s config from the sweep's and run it as Hydra's launchers do."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import run_job, setup_globals
+    from omegaconf import open_dict
+
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    return run_job(
+        hydra_context=hydra_context, config=sweep_config, task_function=task_function,
+        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+    )  # fmt: skip
+
+
+def main(job_file: str, result_file: str) -> None:
+    """Run the pickled job and pickle its JobReturn; the result file appears whole or not at all."""
+    import cloudpickle
+
+    from lenet import signals
+
+    signals.install()
+    with open(job_file, "rb") as f:
+        job = cloudpickle.load(f)
+    result = execute_job(**job)
+    with open(Path(result_file).with_suffix(".tmp"), "wb") as f:
+        cloudpickle.dump(result, f)
+    Path(result_file).with_suffix(".tmp").replace(result_file)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -86,9 +86,9 @@ def test_sigterm_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_p
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):
+def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):  # hydra/launcher=local: lenet's preset
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    result = run_train("-m", "hydra/launcher=submitit_local", "pooling=avg,max", *SYNTHETIC, "hydra.sweep.dir=sweep",
+    result = run_train("-m", "hydra/launcher=local", "pooling=avg,max", *SYNTHETIC, "hydra.sweep.dir=sweep",
                        cwd=tmp_path, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     summaries = job_summaries(tmp_path / "sweep")
@@ -149,3 +149,37 @@ def test_optuna_search_finds_the_best_trial(tmp_path):
     assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "trainer.batch_size"}
     report = compare(sweep)
     assert report.count("| optimizer.lr=") == 3  # every trial is its own variant
+
+
+def _submitit_job_processes(sweep):
+    """Pids of the running submitit job processes of the sweep in ``sweep``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in argv and any(str(sweep).encode() in a for a in argv):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's process in /proc")
+def test_a_killed_submitit_job_fails_alone_with_the_sweeps_verdict(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = ["-m", "hydra/launcher=local", "seed=0,1", *SYNTHETIC, "device.num_threads=1", "data.train_size=3000",
+            "trainer.epochs=3", "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
+    victims = [pid for pid in _submitit_job_processes(tmp_path / "sweep") if pid != proc.pid]
+    assert victims
+    os.kill(victims[0], signal.SIGKILL)  # one job's process, as the out-of-memory killer would
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    summaries = [read_json(tmp_path / "sweep" / str(n) / "summary.json") for n in (0, 1)]
+    assert sorted(s["status"] for s in summaries) == ["completed", "failed"] and "1 of 2 jobs did not complete" in err
+    (failed,) = [s for s in summaries if s["status"] == "failed"]
+    assert failed["error"].startswith("the job's process died")

@@ -9,7 +9,6 @@ running job, which stops at its next step and records itself interrupted, and no
 it; the jobs die with the sweep if it is killed (Linux).
 """
 
-import json
 import logging
 import os
 import signal
@@ -23,10 +22,12 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
+
+from hydra_plugins.lenet_launchers.failures import failed_job
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
@@ -122,27 +123,4 @@ class ProcessesLauncher(Launcher):
         how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
         reason = f"the job's process died ({how}; the out-of-memory killer sends SIGKILL)"
         log.error(f"#{idx} failed: {reason}")
-        job_dir = self._job_dir(idx, overrides)
-        self._record_failure(job_dir, overrides, reason)
-        ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir), task_name="train")
-        ret.status, ret.return_value = JobStatus.COMPLETED, float("nan")  # a failed job is NaN, as in the runner
-        return ret
-
-    def _job_dir(self, idx: int, overrides: Sequence[str]) -> Path:
-        assert self.config is not None and self.hydra_context is not None
-        job_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(job_config):
-            job_config.hydra.job.num = idx
-        return Path(str(job_config.hydra.sweep.dir)) / str(OmegaConf.select(job_config, "hydra.sweep.subdir"))
-
-    @staticmethod
-    def _record_failure(job_dir: Path, overrides: Sequence[str], reason: str) -> None:
-        """Mark the job failed in its summary.json, keeping what the job recorded itself."""
-        from lenet.tracking import SUMMARY_FILE, read_summary, write_atomic
-
-        job_dir.mkdir(parents=True, exist_ok=True)
-        summary = read_summary(job_dir) or {"final_test_acc": None, "best_test_acc": None}
-        if summary.get("status") in ("completed", "failed", "interrupted"):
-            return
-        summary.update(status="failed", error=reason, overrides=list(overrides))
-        write_atomic(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        return failed_job(self.hydra_context, self.config, idx, overrides, reason)

@@ -1,6 +1,6 @@
 """One job of a sweep in a process of its own: ``python -m lenet.job_process JOB.pkl RESULT.pkl``.
 
-Started by the ``processes`` launcher (``hydra_plugins/lenet_launchers/processes.py``). ``JOB.pkl``
+Started by the ``processes`` launcher (``hydra_plugins/lenet/processes.py``). ``JOB.pkl``
 holds what Hydra needs to run the job (as submitit ships it); the job's ``JobReturn`` is written to
 ``RESULT.pkl``. A process that dies leaves no result, and the launcher records the job as failed.
 """

@@ -1,5 +1,6 @@
 """The same sweeps through Hydra's launcher and sweeper plugins (the `launchers` extra)."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -131,7 +132,7 @@ def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_search_finds_the_best_trial(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     fixed = [a for a in SYNTHETIC if not a.startswith("trainer.batch_size")]  # the search chooses it
     result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *fixed, "hydra.sweep.dir=sweep",
                        cwd=tmp_path, timeout=300)  # fmt: skip
@@ -183,3 +184,45 @@ def test_a_killed_submitit_job_fails_alone_with_the_sweeps_verdict(tmp_path):
     assert sorted(s["status"] for s in summaries) == ["completed", "failed"] and "1 of 2 jobs did not complete" in err
     (failed,) = [s for s in summaries if s["status"] == "failed"]
     assert failed["error"].startswith("the job's process died")
+
+
+def _trials(sweep):
+    with open(sweep / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_a_failing_optuna_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
+    pytest.importorskip("optuna")
+    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "optimizer.lr=choice(0.05,-1)",
+                       *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    trials = _trials(tmp_path / "sweep")
+    assert len(trials) == 4 and {t["state"] for t in trials} <= {"complete", "fail"}
+    assert all((t["state"] == "fail") == (t["optimizer.lr"] == "-1") for t in trials)
+    failed = sum(t["state"] == "fail" for t in trials)
+    assert result.returncode == (1 if failed else 0) and (not failed or f"{failed} of 4 jobs did not complete" in
+                                                          result.stderr)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_stopped_optuna_search_continues_to_n_trials_from_its_checkpoints(tmp_path):
+    pytest.importorskip("optuna")
+    fixed = [a for a in SYNTHETIC if a not in ("trainer.epochs=1",)] + ["device.num_threads=1"]
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *fixed, "data.train_size=3000",
+            "trainer.epochs=3", "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)  # in trial 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    states = [t["state"] for t in _trials(tmp_path / "sweep")]
+    assert states == ["complete"]  # trial 1 was never told: it is still running in the study
+
+    result = run_train(*args, "trainer.resume=true", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    trials = _trials(tmp_path / "sweep")
+    assert [t["state"] for t in trials] == ["complete"] * 3 and [t["number"] for t in trials] == ["0", "1", "2"]
+    resumed = read_json(tmp_path / "sweep" / "1" / "summary.json")
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1  # from its checkpoint

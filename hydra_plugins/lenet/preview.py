@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 @dataclass
 class PreviewLauncherConf:
-    _target_: str = "hydra_plugins.lenet_launchers.preview.PreviewLauncher"
+    _target_: str = "hydra_plugins.lenet.preview.PreviewLauncher"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="preview", node=PreviewLauncherConf, provider="lenet")

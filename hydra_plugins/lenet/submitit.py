@@ -17,7 +17,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from hydra_plugins.lenet_launchers.failures import failed_job
+from hydra_plugins.lenet.failures import failed_job
 
 log = logging.getLogger(__name__)
 

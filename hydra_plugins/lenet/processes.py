@@ -27,7 +27,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from hydra_plugins.lenet_launchers.failures import failed_job
+from hydra_plugins.lenet.failures import failed_job
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
@@ -35,7 +35,7 @@ POLL_SECONDS = 0.05
 
 @dataclass
 class ProcessesLauncherConf:
-    _target_: str = "hydra_plugins.lenet_launchers.processes.ProcessesLauncher"
+    _target_: str = "hydra_plugins.lenet.processes.ProcessesLauncher"
     n_jobs: int = -1  # jobs at once; -1: one per CPU core
 
 

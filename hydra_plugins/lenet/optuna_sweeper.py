@@ -1,0 +1,193 @@
+"""``hparams_search=optuna``: a Hydra sweeper on current Optuna (>= 4), through its ask-and-tell interface.
+
+The study lives in a SQLite file in the sweep dir (``optuna.db``) unless ``storage`` names another,
+so a search that stops (Ctrl-C, a time limit, a crash) continues toward ``n_trials`` in all when run
+again with the same ``hydra.sweep.dir`` and ``trainer.resume=true``: trials it had finished are kept,
+trials it had started continue from their checkpoints in their own folders. A trial whose job fails
+(its value is NaN) is marked failed and the search goes on. Job folders are numbered by trial, so a
+continued search never reuses one. At the end, and after every batch, the sweep dir holds
+``optimization_results.yaml`` (the best trial) and ``trials.csv`` (all of them).
+
+Search space (``hydra.sweeper.params``, or sweep overrides on the command line), in Hydra's syntax:
+``choice(a, b)``, ``range(start, stop[, step])``, ``interval(low, high)``, and ``tag(log, interval(...))``
+for a log scale. The sampler and pruner are any Optuna classes, by ``_target_``.
+"""
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "optimization_results.yaml"
+TRIALS_FILE = "trials.csv"
+STUDY_FILE = "optuna.db"
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.lenet.optuna_sweeper.OptunaSweeper"
+    direction: str = "maximize"  # of what train.py returns: the final test accuracy
+    study_name: str = "lenet"
+    storage: Optional[str] = None  # an Optuna storage URL; null: sqlite:///SWEEP_DIR/optuna.db
+    n_trials: int = 20  # in all, counting those of an earlier run of the same search
+    n_jobs: int = 1  # trials launched at once (run in parallel by a parallel launcher)
+    sampler: Dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 1234})
+    params: Dict[str, str] = field(default_factory=dict)  # key -> choice(...), range(...), interval(...)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="lenet_optuna", node=OptunaSweeperConf, provider="lenet")
+
+
+def distribution(override: Override) -> Any:
+    """The Optuna distribution of one sweep override (``choice``, ``range``, ``interval``, ``tag(log, ...)``)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    value = override.value()
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution(list(value.list))
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(x, int) for x in (start, stop, step)):  # range's stop is excluded, Optuna's high is not
+            return IntDistribution(int(start), int(stop) - 1, step=int(step))
+        return CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ValueError(f"{override.input_line}: not a search space (use choice, range or interval)")
+
+
+class OptunaSweeper(Sweeper):
+    """Asks Optuna for ``n_jobs`` trials at a time, launches them as jobs, tells it their values."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = OptunaSweeperConf(**{k: v for k, v in settings.items() if k != "_target_"})
+        self.config: Optional[DictConfig] = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _search_space(self, arguments: List[str]) -> tuple[Dict[str, Any], List[str]]:
+        parser = OverridesParser.create()
+        space, fixed = {}, []
+        lines = [f"{k}={v}" for k, v in (self.settings.params or {}).items()] + list(arguments)
+        for override in parser.parse_overrides(lines):
+            if override.is_sweep_override():
+                space[override.get_key_element()] = distribution(override)
+            else:
+                fixed.append(override.input_line)
+        return space, fixed
+
+    def sweep(self, arguments: List[str]) -> None:
+        """Run the search to ``n_trials`` trials in all."""
+        import optuna
+        from optuna.trial import TrialState
+
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        space, fixed = self._search_space(arguments)
+        storage = self.settings.storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+        study = optuna.create_study(
+            study_name=self.settings.study_name, storage=storage, direction=self.settings.direction,
+            load_if_exists=True,
+        )  # fmt: skip
+        # a continued search must not draw its first trials' values again: the seed moves on by the trials made
+        study.sampler = _sampler(self.config.hydra.sweeper.sampler, len(study.get_trials(deepcopy=False)))
+        # trials an earlier run started and never told: run them again (their jobs resume from checkpoints)
+        unfinished = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        if unfinished:
+            log.info(f"continuing {len(unfinished)} unfinished trials of {self.settings.study_name} in {storage}")
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        log.info(f"Optuna {optuna.__version__}: study {self.settings.study_name} in {storage}, "
+                 f"{finished} of {self.settings.n_trials} trials done; space {', '.join(space) or 'empty'}")  # fmt: skip
+        while True:
+            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            budget = self.settings.n_trials - finished - len(unfinished)
+            batch = unfinished[: self.settings.n_jobs]
+            unfinished = unfinished[len(batch) :]
+            while len(batch) < self.settings.n_jobs and budget > 0:
+                batch.append(study.ask(space))
+                budget -= 1
+            if not batch:
+                break
+            # a job's folder is its trial's number, so a continued search never reuses one; the launcher
+            # numbers jobs from initial_job_idx on, hence one launch per run of consecutive trial numbers
+            for run in _consecutive(batch):
+                overrides = [fixed + [f"{k}={_override_value(v)}" for k, v in t.params.items()] for t in run]
+                for trial, result in zip(run, self.launcher.launch(overrides, initial_job_idx=run[0].number)):
+                    self._tell(study, trial, result)
+            self._write_results(study, sweep_dir)
+
+    @staticmethod
+    def _tell(study: Any, trial: Any, result: Any) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            value = float(result.return_value)
+        except Exception as e:  # the job raised: Hydra keeps the exception in its JobReturn
+            log.error(f"trial {trial.number} failed: {type(e).__name__}: {e}")
+            value = math.nan
+        if math.isfinite(value):
+            study.tell(trial.number, value)
+        else:  # a failed job returns NaN: the trial failed, the search goes on
+            study.tell(trial.number, state=TrialState.FAIL)
+            log.warning(f"trial {trial.number} failed (its job recorded why in its summary.json); the search goes on")
+
+    def _write_results(self, study: Any, sweep_dir: Path) -> None:
+        from optuna.trial import TrialState
+
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if complete:
+            best = study.best_trial
+            results = {"name": "optuna", "best_trial": best.number, "best_params": best.params,
+                       "best_value": best.value, "trials": {s.name.lower(): sum(t.state == s for t in
+                       study.get_trials(deepcopy=False)) for s in TrialState}}  # fmt: skip
+            OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+        trials = study.get_trials(deepcopy=False)
+        keys = sorted({k for t in trials for k in t.params})
+        with open(sweep_dir / TRIALS_FILE, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["number", "state", "value", *keys])
+            for t in trials:
+                writer.writerow([t.number, t.state.name.lower(), t.value, *(t.params.get(k) for k in keys)])
+
+
+def _sampler(node: Any, trials_made: int) -> Any:
+    """The sampler of ``node`` (a ``_target_`` node), its ``seed`` advanced by the trials the study holds."""
+    from hydra.utils import instantiate
+
+    seed = OmegaConf.select(node, "seed", default=None)
+    return instantiate(node, seed=seed + trials_made) if seed is not None and trials_made else instantiate(node)
+
+
+def _consecutive(trials: List[Any]) -> List[List[Any]]:
+    runs: List[List[Any]] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
+def _override_value(value: Any) -> str:
+    """A sampled value as a Hydra override value."""
+    return repr(value) if isinstance(value, float) else str(value)

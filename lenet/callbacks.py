@@ -11,7 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lenet.run_dirs import claim_run_dir, claim_sweep_dir
-from lenet.sweep import job_label, read_swept_keys, sweep_jobs, swept_keys, write_sweep_file
+from lenet.config import RESUME_IGNORES
+from lenet.sweep import job_label, read_swept_keys, sweep_definition, sweep_jobs, swept_keys, write_sweep_file
 from lenet.tracking import read_summary
 
 
@@ -43,11 +44,13 @@ class JobReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if _previewing(config):
             return
-        claim_sweep_dir(config)
+        params_node = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params_node) if params_node is not None else {}
+        definition = sweep_definition(config.hydra.overrides.task, params, RESUME_IGNORES)
+        claim_sweep_dir(config, definition)
         sweep_dir = Path(config.hydra.sweep.dir)
         _ensure_writable(sweep_dir, "hydra.sweep.dir")
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        write_sweep_file(sweep_dir, swept_keys(config.hydra.overrides.task, params.keys()))
+        write_sweep_file(sweep_dir, swept_keys(config.hydra.overrides.task, params.keys()), definition)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _previewing(config):

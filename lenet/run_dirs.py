@@ -85,13 +85,26 @@ def _check_resumable(config: DictConfig, run_dir: Path) -> None:
         )
 
 
-def claim_sweep_dir(config: DictConfig) -> None:
-    """As ``claim_run_dir``, for a sweep: a dated sweep dir of its own, a named one holding a sweep refused."""
-    from lenet.sweep import sweep_jobs
+def claim_sweep_dir(config: DictConfig, definition: list[str]) -> None:
+    """As ``claim_run_dir``, for a sweep: a dated sweep dir of its own, a named one holding a sweep refused.
+
+    With trainer.resume=true the sweep continues the one in its dir, job by job, if ``definition`` (its
+    overrides and search space) is that sweep's; another one is refused, naming what differs.
+    """
+    from lenet.sweep import read_sweep_definition, split_override, sweep_jobs
 
     sweep_dir = Path(config.hydra.sweep.dir)
     if OmegaConf.select(config, "trainer.resume", default=False):
-        return  # continues the sweep in that dir, job by job
+        recorded = read_sweep_definition(sweep_dir)
+        if recorded is not None and recorded != definition:
+            before, now = dict(map(split_override, recorded)), dict(map(split_override, definition))
+            differ = [f"{k} ({before.get(k, 'not set')}, now {now.get(k, 'not set')})"
+                      for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]  # fmt: skip
+            _refuse(
+                f"cannot resume the sweep in {sweep_dir}: it was started with other values of {', '.join(differ)}; "
+                "run it with the same overrides, or choose another hydra.sweep.dir"
+            )
+        return
     if "${now:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir")):
         claimed = _unique_folder(sweep_dir)
         if claimed != sweep_dir:

@@ -39,7 +39,7 @@ from lenet.signals import SignalStop, pending_name
 from lenet.sweep import job_label, read_swept_keys, split_override
 from lenet.threads import available_cores, choose_num_threads
 from lenet.loggers import build_loggers
-from lenet.tracking import Tracker, atomic_file, remove_stale_temporaries
+from lenet.tracking import Tracker, atomic_file, read_summary, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,14 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
     The summary (and W&B run, if any) is finished also when training fails or is interrupted;
     the exception is then raised again for the caller to report.
     """
+    run_dir = job.run_dir
+    previous = read_summary(run_dir) if cfg.trainer.resume or job.requeueable else None
+    if previous and previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs:
+        log.info("%s completed before: kept as it is (final test accuracy %.2f%%)", run_dir,
+                 100 * previous["final_test_acc"])  # fmt: skip
+        return previous
     started = time.perf_counter()
     first_in_process = _first_job_of_process()
-    run_dir = job.run_dir
     summary: dict[str, Any] = {
         "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,

@@ -32,10 +32,26 @@ def swept_keys(cli_overrides: Iterable[str], sweeper_params: Iterable[str]) -> l
     return sorted(keys)
 
 
-def write_sweep_file(sweep_dir: Path, keys: list[str]) -> None:
-    """Record the swept keys in the sweep dir, where every job (also on other hosts) can read them."""
+def write_sweep_file(sweep_dir: Path, keys: list[str], definition: Optional[list[str]] = None) -> None:
+    """Record the swept keys, and what defines the sweep, in the sweep dir, where every job can read them."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"swept": keys}, indent=2) + "\n")
+    record = {"swept": keys, "definition": definition or []}
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def sweep_definition(task_overrides: Iterable[str], sweeper_params: dict[str, str], ignore: Iterable[str]) -> list[str]:
+    """The overrides and search space that decide a sweep's jobs, except keys under ``ignore``."""
+    ignored = tuple(ignore)
+    lines = list(task_overrides) + [f"{k}={v}" for k, v in sweeper_params.items()]
+    kept = [o for o in lines if not any(split_override(o)[0] == i or split_override(o)[0].startswith(i + ".")
+                                        for i in ignored)]  # fmt: skip
+    return sorted(kept)
+
+
+def read_sweep_definition(sweep_dir: Path) -> Optional[list[str]]:
+    """The definition ``write_sweep_file`` recorded, or None for a sweep dir without one."""
+    path = sweep_dir / SWEEP_FILE
+    return json.loads(path.read_text()).get("definition") if path.is_file() else None
 
 
 def read_swept_keys(sweep_dir: Path) -> Optional[list[str]]:

@@ -1,0 +1,51 @@
+"""Resuming a sweep: the same command, the same hydra.sweep.dir and trainer.resume=true complete only what is missing."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
+
+TINY = ["logger=none", "data=synthetic", "data.train_size=2000", "data.test_size=128", "trainer.batch_size=64",
+        "device=cpu", "device.num_threads=1", "trainer.epochs=3"]  # fmt: skip
+
+
+def without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_stopped_sweep_resumed_completes_only_what_is_missing(tmp_path, launcher):
+    sweep = ["-m", f"hydra/launcher={launcher}", "seed=0,1,2", "optimizer.lr=0.05,1e9", *TINY]
+    if launcher == "joblib":
+        sweep.append("hydra.launcher.n_jobs=1")  # one at a time: the signal lands in a known job
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *sweep, "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_first_epoch(tmp_path / "sweep" / "2" / "metrics.jsonl")  # job 2 (seed=1, lr=0.05) has an epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    first = (tmp_path / "sweep" / "0" / "summary.json").read_bytes()
+    assert read_json(tmp_path / "sweep" / "1" / "summary.json")["status"] == "failed"  # lr=1e9 diverged
+    assert read_json(tmp_path / "sweep" / "2" / "summary.json")["status"] == "interrupted"
+
+    longer = [a.replace("trainer.epochs=3", "trainer.epochs=4") for a in sweep]
+    changed = run_train(*longer, "trainer.resume=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert changed.returncode == 1 and "cannot resume the sweep in sweep" in changed.stderr
+    assert "other values of trainer.epochs (3, now 4)" in changed.stderr  # names what differs
+
+    resumed = run_train(*sweep, "trainer.resume=true", "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 1  # the diverging jobs fail again, and the verdict names them
+    assert (tmp_path / "sweep" / "0" / "summary.json").read_bytes() == first  # completed: kept as it was
+    summaries = {n: read_json(tmp_path / "sweep" / str(n) / "summary.json") for n in range(6)}
+    assert [summaries[n]["status"] for n in range(6)] == ["completed", "failed"] * 3
+    assert summaries[2]["resumed_from_epoch"] >= 1  # continued from its checkpoint
+    fresh = run_train("seed=1", "optimizer.lr=0.05", *TINY, "hydra.run.dir=fresh", cwd=tmp_path)
+    assert fresh.returncode == 0
+    assert without_time(read_jsonl(tmp_path / "sweep" / "2" / "metrics.jsonl")) == without_time(
+        read_jsonl(tmp_path / "fresh" / "metrics.jsonl")
+    )  # bit for bit where an uninterrupted run ends
+    assert "3 of 6 jobs did not complete" in resumed.stderr

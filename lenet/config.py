@@ -130,8 +130,15 @@ _GROUP_SCHEMAS: dict[str, Any] = {
 }
 
 
+def gpus_for(device: str) -> int:
+    """GPUs a job asks its cluster for: one when its device is CUDA, none otherwise (``device=auto`` included)."""
+    return 1 if device == "cuda" else 0
+
+
 def register_configs() -> None:
-    """Store the schema nodes in Hydra's ConfigStore; call before composing."""
+    """Store the schema nodes in Hydra's ConfigStore and the ``lenet_gpus`` resolver; call before composing."""
+    if not OmegaConf.has_resolver("lenet_gpus"):
+        OmegaConf.register_new_resolver("lenet_gpus", gpus_for)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, node in _GROUP_SCHEMAS.items():

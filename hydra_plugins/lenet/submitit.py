@@ -8,6 +8,7 @@ failed with submitit's reason, and the sweep's verdict names it.
 
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, List, Sequence
 
@@ -66,3 +67,43 @@ class LocalLauncher(_JobByJob):
 
 class SlurmLauncher(_JobByJob):
     _EXECUTOR = "slurm"
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """As the plugin's, reading job states from squeue when the cluster keeps no accounting (no sacct)."""
+        if not _accounting_works():
+            from submitit.slurm.slurm import SlurmJob
+
+            SlurmJob.watcher = _squeue_watcher(delay_s=SlurmJob.watcher._delay_s)
+        return super().launch(job_overrides, initial_job_idx)
+
+
+def _accounting_works() -> bool:
+    """Whether sacct answers on this cluster (it does not without an accounting storage)."""
+    try:
+        return subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _squeue_watcher_class() -> Any:
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class SqueueWatcher(SlurmInfoWatcher):
+        """submitit's watcher, asking squeue (jobs seen in the last MinJobAge seconds) in sacct's format.
+
+        Without it, on a cluster without accounting every poll warns that sacct failed, and a job that died
+        without a result is never seen to end.
+        """
+
+        def _make_command(self) -> Any:
+            ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
+            if not ids:
+                return None
+            return ["sh", "-c", 'echo "JobID|State|NodeList"; squeue --noheader --states=all --array '
+                    f'--format="%i|%T|%N" --jobs={",".join(ids)} 2>/dev/null || true']  # fmt: skip
+
+    return SqueueWatcher
+
+
+def _squeue_watcher(delay_s: int) -> Any:  # the class is made late: submitit is imported only when used
+    return _squeue_watcher_class()(delay_s=delay_s)

@@ -88,6 +88,16 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_config(checkpoint: dict[str, Any], path: Path, config: dict[str, Any], ignore: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the keys (those under ``ignore`` aside) whose values differ from the checkpoint's."""
+    changed = changed_keys(checkpoint["config"], config, ignore)
+    if changed:
+        raise ConfigError(
+            f"cannot resume from {path}: it was made with different values of {', '.join(changed)}; "
+            "resume with the same config or start a new run dir"
+        )
+
+
 def restore(
     checkpoint: dict[str, Any],
     path: Path,
@@ -102,12 +112,7 @@ def restore(
 
     A checkpoint made with another config (keys under ``ignore`` aside) is refused with ConfigError.
     """
-    changed = changed_keys(checkpoint["config"], config, ignore)
-    if changed:
-        raise ConfigError(
-            f"cannot resume from {path}: it was made with different values of {', '.join(changed)}; "
-            "resume with the same config or start a new run dir"
-        )
+    check_config(checkpoint, path, config, ignore)
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lenet.augment import build_augmentation
-from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
+from lenet.checkpoint import CHECKPOINT_FILE, check_config, load_checkpoint, restore, save_checkpoint
 from lenet.config import RESUME_IGNORES, Config, Precision, to_typed
 from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
@@ -155,6 +155,9 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
     run_dir = job.run_dir
     previous = read_summary(run_dir) if cfg.trainer.resume or job.requeueable else None
     if previous and previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs:
+        # the same run? its checkpoint says with which config it was made
+        check_config(load_checkpoint(run_dir / CHECKPOINT_FILE), run_dir / CHECKPOINT_FILE, config_record,
+                     RESUME_IGNORES)  # fmt: skip
         log.info("%s completed before: kept as it is (final test accuracy %.2f%%)", run_dir,
                  100 * previous["final_test_acc"])  # fmt: skip
         return previous

@@ -103,11 +103,16 @@ def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):  # hydra/la
 def test_slurm_preset_composes_with_its_defaults(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     env = {"SLURM_PARTITION": "gpu", "SLURM_ACCOUNT": "lab"}
-    result = run_train("hydra/launcher=slurm", "--cfg", "hydra", "--resolve", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
-    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    launchers = {}
+    for device in ("auto", "cpu", "cuda"):
+        result = run_train(
+            "hydra/launcher=slurm", f"device={device}", "--cfg", "all", "--resolve", cwd=tmp_path, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        launchers[device] = launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert {d: launcher["gpus_per_node"] for d, launcher in launchers.items()} == {"auto": 0, "cpu": 0, "cuda": 1}
     assert launcher["_target_"].endswith("SlurmLauncher")
-    assert (launcher["partition"], launcher["account"], launcher["gpus_per_node"]) == ("gpu", "lab", 1)
+    assert (launcher["partition"], launcher["account"]) == ("gpu", "lab")
     assert launcher["timeout_min"] == 60 and launcher["max_num_timeout"] == 3 and launcher["signal_delay_s"] == 120
 
 

@@ -1,5 +1,6 @@
 """Interruptions, resumption, divergence and reproducibility."""
 
+import json
 import os
 import pathlib
 import signal
@@ -38,6 +39,12 @@ def run_in_process(tmp_path, name, *overrides):
     run_dir = tmp_path / name
     run_dir.mkdir()
     return run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record), run_dir
+
+
+def as_if_interrupted(run_dir):
+    """Mark a finished run as stopped before its end: resuming it then reads its checkpoint."""
+    summary = read_json(run_dir / "summary.json")
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
 
 
 def without_time(rows):
@@ -173,6 +180,7 @@ def _directory(path):
 )
 def test_an_unusable_checkpoint_is_one_line_saying_how_to_start_over(tmp_path, damage, fragment):
     _, run_dir = run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=1")
+    as_if_interrupted(run_dir)
     damage(run_dir / CHECKPOINT_FILE)
     cfg, record = compose_config("data.train_size=256", "trainer.epochs=1", "trainer.resume=true")
     with pytest.raises(CheckpointError) as error:

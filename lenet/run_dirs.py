@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -33,16 +34,29 @@ def claim_run_dir(config: DictConfig) -> None:
     if OmegaConf.select(config, "trainer.resume", default=False) or "SUBMITIT_EXECUTOR" in os.environ:
         _check_resumable(config, run_dir)
         return
-    if "${now:" in str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir")):
-        claimed = _unique_folder(run_dir)
-        if claimed != run_dir:
-            with read_write(config.hydra.run):
-                config.hydra.run.dir = str(claimed)
+    if _dated(config.hydra.run):
+        _move_if_taken(config.hydra.run)
     elif _holds_a_run(run_dir):
         _refuse(
             f"{run_dir} already holds a run; continue it with trainer.resume=true, or choose another "
             "hydra.run.dir (or delete that folder to start over there)"
         )
+
+
+def _dated(node: DictConfig) -> bool:
+    """Whether ``node.dir`` is a pattern of the start time (Hydra's default), rather than a name given."""
+    return "${now:" in str(OmegaConf.to_container(node, resolve=False).get("dir"))
+
+
+def _move_if_taken(node: DictConfig) -> Optional[Path]:
+    """Point ``node.dir`` at a fresh sibling when another run took it; return the new folder, if any."""
+    folder = Path(node.dir)
+    claimed = _unique_folder(folder)
+    if claimed == folder:
+        return None
+    with read_write(node):
+        node.dir = str(claimed)
+    return claimed
 
 
 def _unique_folder(folder: Path) -> Path:
@@ -105,12 +119,9 @@ def claim_sweep_dir(config: DictConfig, definition: list[str]) -> None:
                 "run it with the same overrides, or choose another hydra.sweep.dir"
             )
         return
-    if "${now:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir")):
-        claimed = _unique_folder(sweep_dir)
-        if claimed != sweep_dir:
-            with read_write(config.hydra.sweep):
-                config.hydra.sweep.dir = str(claimed)
-            # the launcher composes each job's config again from these overrides: the jobs go there too
+    if _dated(config.hydra.sweep):
+        claimed = _move_if_taken(config.hydra.sweep)
+        if claimed is not None:  # the launcher composes each job's config again from these overrides
             with read_write(config.hydra.overrides):
                 config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(claimed))}")
     elif sweep_dir.is_dir() and sweep_jobs(sweep_dir):

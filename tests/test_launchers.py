@@ -38,27 +38,40 @@ def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
     assert "Launching 2 jobs, 2 at a time, each in its own process" in result.stdout + result.stderr
 
 
-def _job_process(sweep, index):
-    """The pid of the running `python -m lenet.job_process SWEEP/.../INDEX.job` process, or None."""
+def _processes(module, sweep):
+    """(pid, argv) of each running `python -m MODULE ...` process with an argument inside ``sweep``."""
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                argv = [a.decode() for a in f.read().split(b"\0")]
         except OSError:
             continue
-        job = [a.decode() for a in argv if a.endswith(f"/{index}.job".encode())]
-        if b"lenet.job_process" in argv and job and job[0].startswith(str(sweep)):
-            return int(pid)
-    return None
+        if module in argv and any(str(sweep) in a for a in argv):
+            found.append((int(pid), argv))
+    return found
+
+
+def _job_process(sweep, index):
+    """The pid of the running `python -m lenet.job_process SWEEP/.../INDEX.job` process, or None."""
+    pids = [
+        pid for pid, argv in _processes("lenet.job_process", sweep) if any(a.endswith(f"/{index}.job") for a in argv)
+    ]
+    return pids[0] if pids else None
+
+
+def _parallel_sweep(tmp_path, epochs):
+    """A joblib sweep of three jobs, two at a time, started in the background."""
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", *SYNTHETIC, "device.num_threads=1",
+            "data.train_size=3000", f"trainer.epochs={epochs}", "hydra.sweep.dir=sweep"]  # fmt: skip
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's process in /proc")
 def test_a_killed_job_fails_alone_and_the_sweep_runs_on(tmp_path):
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", *SYNTHETIC, "device.num_threads=1",
-            "data.train_size=3000", "trainer.epochs=3", "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = _parallel_sweep(tmp_path, epochs=3)
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     os.kill(_job_process(tmp_path / "sweep", 0), signal.SIGKILL)  # as the out-of-memory killer does
     out, err = proc.communicate(timeout=240)
@@ -72,10 +85,7 @@ def test_a_killed_job_fails_alone_and_the_sweep_runs_on(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's processes in /proc")
 def test_sigterm_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_path):
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", *SYNTHETIC, "device.num_threads=1",
-            "data.train_size=3000", "trainer.epochs=5", "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = _parallel_sweep(tmp_path, epochs=5)
     wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl")
     workers = [_job_process(tmp_path / "sweep", n) for n in (0, 1)]
     proc.send_signal(signal.SIGTERM)
@@ -157,20 +167,6 @@ def test_optuna_search_finds_the_best_trial(tmp_path):
     assert report.count("| optimizer.lr=") == 3  # every trial is its own variant
 
 
-def _submitit_job_processes(sweep):
-    """Pids of the running submitit job processes of the sweep in ``sweep``."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"submitit.core._submit" in argv and any(str(sweep).encode() in a for a in argv):
-            pids.append(int(pid))
-    return pids
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's process in /proc")
 def test_a_killed_submitit_job_fails_alone_with_the_sweeps_verdict(tmp_path):
@@ -180,7 +176,7 @@ def test_a_killed_submitit_job_fails_alone_with_the_sweeps_verdict(tmp_path):
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
-    victims = [pid for pid in _submitit_job_processes(tmp_path / "sweep") if pid != proc.pid]
+    victims = [pid for pid, _ in _processes("submitit.core._submit", tmp_path / "sweep") if pid != proc.pid]
     assert victims
     os.kill(victims[0], signal.SIGKILL)  # one job's process, as the out-of-memory killer would
     _, err = proc.communicate(timeout=240)

@@ -19,7 +19,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from lenet.errors import ConfigError, UserError
+from lenet import signals
+from lenet.errors import ConfigError, Interrupted, UserError
 from lenet.factory import bind, call
 
 log = logging.getLogger(__name__)
@@ -150,14 +151,19 @@ class WandbLogger(Logger):
         mode = resolve_wandb_mode(mode)
         if mode == "online" and not wandb.login(prompt=False, verify=False):
             raise UserError(NO_CREDENTIALS_MESSAGE)
+        if signals.pending_name():  # received while W&B looked for credentials (its login catches everything)
+            raise Interrupted(signals.pending_name())
         self.log_model = log_model
         try:
-            self.run = wandb.init(
-                dir=str(Path(run_dir).resolve()), mode=mode, project=project, entity=entity, group=group or sweep,
-                name=name or label, tags=list(tags) or None, config=config,
-                reinit="finish_previous",  # a previous job of a sweep in this process never leaks into this run
-                settings=wandb.Settings(**{"console": "off", "silent": True, **(settings or {})}),
-            )  # fmt: skip
+            with signals.raising():  # a Ctrl-C or SIGTERM must not wait for W&B's start-up (up to init_timeout)
+                self.run = wandb.init(
+                    dir=str(Path(run_dir).resolve()), mode=mode, project=project, entity=entity,
+                    group=group or sweep, name=name or label, tags=list(tags) or None, config=config,
+                    reinit="finish_previous",  # a previous job of a sweep in this process never leaks into this run
+                    settings=wandb.Settings(**{"console": "off", "silent": True, **(settings or {})}),
+                )  # fmt: skip
+        except Interrupted:
+            raise
         except Exception as e:  # W&B's messages may run over many lines: the first says what
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise UserError(

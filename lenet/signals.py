@@ -8,15 +8,19 @@ Ctrl-C stops at once. Under submitit nothing is installed: it handles the signal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+
+from lenet.errors import Interrupted
 
 log = logging.getLogger(__name__)
 
 pending: Optional[int] = None  # the signal received and not yet acted on
+_raising = False  # inside `raising()`: a signal interrupts at once
 
 
 def _record(signum: int, frame: Any) -> None:
@@ -24,7 +28,20 @@ def _record(signum: int, frame: Any) -> None:
     if pending == signal.SIGINT and signum == signal.SIGINT:
         raise KeyboardInterrupt
     pending = signum
+    if _raising:
+        raise Interrupted(signal.Signals(signum).name)
     log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def raising() -> Iterator[None]:
+    """Around a wait that may be long (a logger's network start): a signal inside it raises Interrupted at once."""
+    global _raising
+    _raising = True
+    try:
+        yield
+    finally:
+        _raising = False
 
 
 def _installable() -> bool:

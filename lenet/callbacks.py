@@ -66,7 +66,7 @@ class JobReport(Callback):
             accuracy = summary.get("final_test_acc")
             result = f"{100 * accuracy:.2f}%" if accuracy is not None else "-"
             lines.append(f"  {job.relative_to(sweep_dir)}  {label}  {status}  {result}")
-            if status != "completed":
+            if status not in ("completed", "pruned"):  # a pruned trial ended as its search asked
                 error = summary.get("error") or "the job ended without recording a result"
                 failed.append(f"  {job}: {status}: {error}")
         print(f"sweep {sweep_dir}: {len(jobs)} jobs (folder, label, status, final test accuracy)", *lines,

@@ -25,6 +25,10 @@ class DivergedError(UserError):
     """The loss became NaN or infinite."""
 
 
+class Pruned(Exception):
+    """The Optuna search's pruner stopped this trial after an epoch: it is not promising."""
+
+
 class Interrupted(Exception):
     """Training was stopped by SIGINT or SIGTERM at a step boundary."""
 

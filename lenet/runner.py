@@ -30,11 +30,12 @@ from lenet.checkpoint import CHECKPOINT_FILE, check_config, load_checkpoint, res
 from lenet.config import RESUME_IGNORES, Config, Precision, to_typed
 from lenet.data import load_dataset
 from lenet.engine import evaluate, train_one_epoch
-from lenet.errors import DeviceError, DivergedError, Interrupted, UserError
+from lenet.errors import DeviceError, DivergedError, Interrupted, Pruned, UserError
 from lenet.losses import build_loss
 from lenet.metrics import get_metric, metric_key
 from lenet.models import build_model, num_params
 from lenet.optim import build_optimizer, build_scheduler
+from lenet.pruning import trial_reporter
 from lenet.signals import SignalStop, pending_name
 from lenet.sweep import job_label, read_swept_keys, split_override
 from lenet.threads import available_cores, choose_num_threads
@@ -60,6 +61,8 @@ class JobInfo:
     requeueable: bool = False  # run by submitit, which may run it again after a time-out or pre-emption
     choices: dict[str, Optional[str]] = field(default_factory=dict)  # the option Hydra chose in each group
     launcher: str = ""  # the launcher's _target_ in a multirun
+    sweeper: Optional[dict[str, Any]] = None  # the sweeper's node in a multirun (lenet's Optuna search prunes)
+    job_num: int = 0  # the job's number in its sweep (the trial's, in lenet's Optuna search)
 
     @classmethod
     def from_hydra(cls) -> "JobInfo":
@@ -83,6 +86,8 @@ class JobInfo:
             requeueable="SUBMITIT_EXECUTOR" in os.environ,
             choices=dict(hc.runtime.choices),
             launcher=str(OmegaConf.select(hc, "launcher._target_", default="")) if multirun else "",
+            sweeper=OmegaConf.to_container(hc.sweeper, resolve=True) if multirun else None,
+            job_num=int(OmegaConf.select(hc, "job.num", default=0) or 0),
         )
 
     def label_of(self, group: str, node: dict[str, Any]) -> str:
@@ -255,6 +260,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             keep_summary = False  # the run goes on: its summary is this run's from now on
             tracker.write_metrics(history)  # drops epochs logged after the checkpoint was written
 
+            prune = trial_reporter(job.sweeper, job.job_num, job.sweep_dir) if job.sweep_dir else None
             bf16 = cfg.trainer.precision == Precision.bf16
             progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
             # to the first training step: from this job's start, and from the process's start for its first job
@@ -301,6 +307,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                     "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
                     epoch, cfg.trainer.epochs, train_loss, test_loss, 100 * test_acc, lr, seconds,
                 )  # fmt: skip
+                if prune is not None and epoch < cfg.trainer.epochs and prune(epoch, test_acc):
+                    raise Pruned(
+                        f"pruned by the Optuna search after epoch {epoch} (test accuracy {100 * test_acc:.2f}%)"
+                    )
 
             weights = run_dir / f"lenet_{cfg.data.name}.pth"
             with atomic_file(weights) as tmp:  # a crash never leaves a truncated weights file
@@ -314,6 +324,10 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
             tracker.log_file(weights, "model")
         summary["status"] = "completed"
         exit_code = 0
+    except Pruned as e:
+        summary.update(status="pruned", error=str(e))
+        exit_code = 0
+        log.info("%s", e)
     except Interrupted as e:
         summary.update(status="interrupted", error=str(e))
         exit_code = 128 + signal.Signals[e.signal_name].value

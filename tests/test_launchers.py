@@ -227,3 +227,21 @@ def test_a_stopped_optuna_search_continues_to_n_trials_from_its_checkpoints(tmp_
     assert [t["state"] for t in trials] == ["complete"] * 3 and [t["number"] for t in trials] == ["0", "1", "2"]
     resumed = read_json(tmp_path / "sweep" / "1" / "summary.json")
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1  # from its checkpoint
+
+
+@pytest.mark.slow
+def test_hopeless_optuna_trials_are_pruned_after_an_epoch(tmp_path):
+    pytest.importorskip("optuna")
+    pruner = ["hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "~hydra.sweeper.pruner.n_startup_trials",
+              "hydra.sweeper.pruner.n_warmup_steps=0", "+hydra.sweeper.pruner.lower=0.15"]  # fmt: skip
+    fixed = [a for a in SYNTHETIC if a != "trainer.epochs=1"]
+    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", *pruner, "optimizer.lr=choice(0.05,1e-5)",
+                       *fixed, "data.train_size=2000", "device.num_threads=1", "trainer.epochs=3", "hydra.sweep.dir=sweep",
+                       cwd=tmp_path,
+                       timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr  # a pruned trial ended as the search asked: no failure
+    for trial in _trials(tmp_path / "sweep"):
+        summary = read_json(tmp_path / "sweep" / trial["number"] / "summary.json")
+        hopeless = float(trial["optimizer.lr"]) < 1e-3  # learns nothing in 3 epochs: 11% after the first
+        assert (trial["state"], summary["status"]) == (("pruned", "pruned") if hopeless else ("complete", "completed"))
+        assert summary["epochs_completed"] == (1 if hopeless else 3)

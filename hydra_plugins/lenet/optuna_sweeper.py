@@ -43,6 +43,7 @@ class OptunaSweeperConf:
     n_jobs: int = 1  # trials launched at once (run in parallel by a parallel launcher)
     sampler: Dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 1234})
     params: Dict[str, str] = field(default_factory=dict)  # key -> choice(...), range(...), interval(...)
+    pruner: Optional[Dict[str, Any]] = None  # an optuna.pruners class by _target_; jobs report each epoch's accuracy
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lenet_optuna", node=OptunaSweeperConf, provider="lenet")
@@ -140,6 +141,15 @@ class OptunaSweeper(Sweeper):
     def _tell(study: Any, trial: Any, result: Any) -> None:
         from optuna.trial import TrialState
 
+        from lenet.tracking import read_summary
+
+        job_dir = (
+            OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir", default=None) if result.hydra_cfg else None
+        )
+        summary = read_summary(Path(job_dir)) if job_dir else None
+        if summary and summary.get("status") == "pruned":  # the job stopped itself, asked by the pruner
+            study.tell(trial.number, state=TrialState.PRUNED)
+            return
         try:
             value = float(result.return_value)
         except Exception as e:  # the job raised: Hydra keeps the exception in its JobReturn

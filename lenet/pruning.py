@@ -1,0 +1,39 @@
+"""Pruning a trial of lenet's Optuna search from its per-epoch accuracy, in the trial's own job.
+
+The job reports each epoch's test accuracy to the study (through its storage, the SQLite file in the
+sweep dir) and asks the study's pruner whether to go on; a pruned job ends with ``status: pruned``
+and the sweeper tells the study so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[int, float], bool]  # (epoch, value) -> whether to stop the trial now
+STUDY_FILE = "optuna.db"  # as hydra_plugins/lenet/optuna_sweeper.py keeps it
+
+
+def trial_reporter(sweeper: Optional[Mapping[str, Any]], trial_number: int, sweep_dir: Path) -> Optional[Reporter]:
+    """For a job of lenet's Optuna search with a pruner: its reporter; otherwise None."""
+    if not sweeper or not str(sweeper.get("_target_", "")).endswith("OptunaSweeper") or not sweeper.get("pruner"):
+        return None
+    import optuna
+    from hydra.utils import instantiate
+
+    storage = sweeper.get("storage") or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+    study = optuna.load_study(study_name=sweeper["study_name"], storage=storage, pruner=instantiate(sweeper["pruner"]))
+    trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+    if not trial_ids:
+        log.warning("trial %d is not in study %s: it is not pruned", trial_number, sweeper["study_name"])
+        return None
+    trial = optuna.trial.Trial(study, trial_ids[0])
+
+    def report(epoch: int, value: float) -> bool:
+        trial.report(value, epoch)
+        return trial.should_prune()
+
+    return report

@@ -25,8 +25,14 @@ def trial_reporter(sweeper: Optional[Mapping[str, Any]], trial_number: int, swee
     from hydra.utils import instantiate
 
     storage = sweeper.get("storage") or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
-    study = optuna.load_study(study_name=sweeper["study_name"], storage=storage, pruner=instantiate(sweeper["pruner"]))
-    trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+    try:
+        study = optuna.load_study(
+            study_name=sweeper["study_name"], storage=storage, pruner=instantiate(sweeper["pruner"])
+        )
+        trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+    except Exception as e:  # the trial still runs to its end: pruning only saves time
+        log.warning("trial %d cannot reach its study (%s: %s): it is not pruned", trial_number, type(e).__name__, e)
+        return None
     if not trial_ids:
         log.warning("trial %d is not in study %s: it is not pruned", trial_number, sweeper["study_name"])
         return None

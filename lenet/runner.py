@@ -151,24 +151,39 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[str, Any]:
-    """Train and evaluate as ``cfg`` says, recording into ``job.run_dir``; return the summary.
+@dataclass
+class Parts:
+    """What a job trains and evaluates with, built from its config."""
 
-    The summary (and W&B run, if any) is finished also when training fails or is interrupted;
-    the exception is then raised again for the caller to report.
-    """
-    run_dir = job.run_dir
-    previous = read_summary(run_dir) if cfg.trainer.resume or job.requeueable else None
-    if previous and previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs:
-        # the same run? its checkpoint says with which config it was made
-        check_config(load_checkpoint(run_dir / CHECKPOINT_FILE), run_dir / CHECKPOINT_FILE, config_record,
-                     RESUME_IGNORES)  # fmt: skip
-        log.info("%s completed before: kept as it is (final test accuracy %.2f%%)", run_dir,
-                 100 * previous["final_test_acc"])  # fmt: skip
-        return previous
-    started = time.perf_counter()
-    first_in_process = _first_job_of_process()
-    summary: dict[str, Any] = {
+    device: torch.device
+    model: torch.nn.Module
+    forward: Any  # the model, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    loss_fn: Any
+    metric_fns: dict[str, Any]
+    train: Any
+    test: Any
+    scheduler: Any  # lenet.optim.Scheduler
+    generator: torch.Generator
+    augment: Any
+
+
+def _kept_if_completed(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """On resume, the summary of a run that completed with this config: it is kept as it is."""
+    previous = read_summary(job.run_dir) if cfg.trainer.resume or job.requeueable else None
+    if not (previous and previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs):
+        return None
+    # the same run? its checkpoint says with which config it was made
+    checkpoint_path = job.run_dir / CHECKPOINT_FILE
+    check_config(load_checkpoint(checkpoint_path), checkpoint_path, config_record, RESUME_IGNORES)
+    log.info("%s completed before: kept as it is (final test accuracy %.2f%%)", job.run_dir,
+             100 * previous["final_test_acc"])  # fmt: skip
+    return previous
+
+
+def _new_summary(cfg: Config, job: JobInfo) -> dict[str, Any]:
+    """The summary of a job about to start: its labels, and None for every result."""
+    return {
         "status": "running", "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
         "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
         "epochs_completed": 0, "wall_seconds": None, "seconds_per_epoch": None, "overrides": job.overrides,
@@ -179,78 +194,154 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
         "weights": None, "image_size": None, "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None,
         "started_at": _now(), "finished_at": None, "torch_version": torch.__version__,
     }  # fmt: skip
+
+
+def _build(
+    cfg: Config, job: JobInfo, config_record: dict[str, Any], tracker: Tracker, summary: dict[str, Any],
+    first_in_process: bool,
+) -> Parts:  # fmt: skip
+    """Model, optimizer, loss, metrics and loggers, then the data and schedule: what a wrong setting breaks first."""
+    device = resolve_device(cfg.device.name)
+    summary["device"] = str(device)
+    # model and optimizer before the data, so that a wrong argument of theirs fails before any work
+    torch.manual_seed(cfg.seed)
+    offered = {"in_channels": len(cfg.data.mean), "num_classes": cfg.data.num_classes}  # what the data decides
+    model = build_model(cfg.model, offered).to(device)
+    if cfg.trainer.channels_last:  # NHWC: faster convolution and pooling kernels on the CPU
+        model = model.to(memory_format=torch.channels_last)
+    summary["num_params"] = num_params(model)
+    optimizer = build_optimizer(model, cfg.optimizer, device)
+    loss_fn = build_loss(cfg.loss)
+    # test_acc is always recorded; the others add test_<name> keys to every row
+    metric_fns = {name: get_metric(name) for name in cfg.trainer.metrics if name != "accuracy"}
+    # before the data, so that a logger that cannot start (W&B online without credentials) fails first
+    tracker.loggers = build_loggers(
+        cfg.logger,
+        {"run_dir": job.run_dir, "config": config_record, "sweep": job.sweep_name, "label": job.label or None,
+         "model": model},
+    )  # fmt: skip
+    if first_in_process:
+        # Exempt what the imports made (torch's, Hydra's and the loggers' modules: about 10^5 objects) from the
+        # cyclic garbage collector, which otherwise walks them all on each full collection during training and
+        # once more at exit. torch.optim imports torch._dynamo when the first optimizer is built: import it now
+        # so that its objects are exempt too. Once per process and before any job's data, so that only a first
+        # job's few small objects (model, optimizer) are kept out of it.
+        importlib.import_module("torch._dynamo")
+        gc.freeze()
+    train, test = load_dataset(
+        cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
+        cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
+        size=cfg.data.size, num_classes=cfg.data.num_classes, loader=cfg.data.loader,
+    )  # fmt: skip
+    summary["image_size"] = list(train.image_size)  # lenet.predict brings other images to it
+    steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
+    monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]
+    return Parts(
+        device=device, model=model, forward=torch.compile(model) if cfg.trainer.compile else model,
+        optimizer=optimizer, loss_fn=loss_fn, metric_fns=metric_fns, train=train, test=test,
+        scheduler=build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable),
+        generator=torch.Generator().manual_seed(cfg.seed),  # shuffling and augmentation; in the checkpoint
+        augment=build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort)),
+    )  # fmt: skip
+
+
+def _threads(cfg: Config, job: JobInfo, parts: Parts, checkpoint: Optional[dict[str, Any]], summary: dict) -> int:
+    """Set torch's CPU threads: a resumed run's own count (its results depend on it), else the probe's pick."""
+    # after the loggers' start-up, which would otherwise count as load
+    pinned = cfg.device.num_threads
+    if checkpoint is not None and checkpoint.get("num_threads"):
+        if pinned and pinned != checkpoint["num_threads"]:
+            log.warning(
+                "device.num_threads=%d ignored: the run continues with the %d threads it started with, "
+                "whose results it would otherwise not repeat", pinned, checkpoint["num_threads"],
+            )  # fmt: skip
+        pinned = checkpoint["num_threads"]
+    num_threads, probe = choose_num_threads(pinned, parts.device, job.parallel_jobs)
+    torch.set_num_threads(num_threads)
+    summary["num_threads"] = num_threads
+    summary["num_threads_probe"] = {str(n): seconds for n, seconds in probe.items()} or None
+    return num_threads
+
+
+def _epoch(
+    cfg: Config, parts: Parts, epoch: int, history: list[dict[str, Any]], stop: Any, checkpoint_path: Path
+) -> dict[str, Any]:
+    """Train one epoch and evaluate: the epoch's metrics.jsonl row; a NaN or infinite loss raises DivergedError."""
+    epoch_start = time.perf_counter()
+    lr = parts.optimizer.param_groups[0]["lr"]  # of the epoch's first step
+    bf16 = cfg.trainer.precision == Precision.bf16
+    progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
+    train_loss = train_one_epoch(
+        parts.forward, parts.loss_fn, parts.optimizer, parts.train.images, parts.train.labels, cfg.trainer.batch_size,
+        parts.generator, scheduler=parts.scheduler.per_step, augment=parts.augment, bf16=bf16, progress=progress,
+        stop_requested=stop, desc=f"epoch {epoch}/{cfg.trainer.epochs}",
+    )  # fmt: skip
+    evaluation = evaluate(
+        parts.forward, parts.loss_fn, parts.test.images, parts.test.labels, cfg.trainer.eval_batch_size, bf16,
+        parts.metric_fns,
+    )  # fmt: skip
+    test_loss, test_acc = evaluation.pop("test_loss"), evaluation.pop("test_acc")
+    if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+        kept = (
+            f"the checkpoint of epoch {epoch - 1} is kept in {checkpoint_path}"
+            if history
+            else "no checkpoint was written"
+        )
+        bad = train_loss if not math.isfinite(train_loss) else test_loss
+        raise DivergedError(
+            f"the loss became {bad} in epoch {epoch}; "
+            f"{kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule"
+        )
+    return {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
+            "seconds": time.perf_counter() - epoch_start, **evaluation}  # fmt: skip
+
+
+def _save_weights(cfg: Config, job: JobInfo, parts: Parts, history: list[dict[str, Any]], summary: dict) -> Path:
+    """Write the final weights atomically and say where the run went."""
+    weights = job.run_dir / f"lenet_{cfg.data.name}.pth"
+    with atomic_file(weights) as tmp:  # a crash never leaves a truncated weights file
+        torch.save(parts.model.state_dict(), tmp)
+    summary["weights"] = weights.name
+    best = max(history, key=lambda row: row["test_acc"])
+    log.info(
+        "done: final test accuracy %.2f%% (best %.2f%% in epoch %d); run dir %s; weights %s",
+        100 * history[-1]["test_acc"], 100 * best["test_acc"], best["epoch"], job.run_dir, weights,
+    )  # fmt: skip
+    return weights
+
+
+def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate as ``cfg`` says, recording into ``job.run_dir``; return the summary.
+
+    The summary (and the loggers) are finished also when training fails or is interrupted; the
+    exception is then raised again for the caller to report.
+    """
+    kept = _kept_if_completed(cfg, job, config_record)
+    if kept is not None:
+        return kept
+    started = time.perf_counter()
+    first_in_process = _first_job_of_process()
+    run_dir, checkpoint_path = job.run_dir, job.run_dir / CHECKPOINT_FILE
+    summary = _new_summary(cfg, job)
     remove_stale_temporaries(run_dir)
     tracker = Tracker(run_dir)
-    exit_code = 1
-    keep_summary = False
-    elapsed_before = 0.0
+    exit_code, keep_summary, elapsed_before = 1, False, 0.0
     history: list[dict[str, Any]] = []
     try:
         with SignalStop() as stop:
             if stop():  # received before this job started: during start-up or between a sweep's jobs
                 raise Interrupted(stop())
-            device = resolve_device(cfg.device.name)
-            summary["device"] = str(device)
-            # model and optimizer before the data, so that a wrong argument of theirs fails before any work
-            torch.manual_seed(cfg.seed)
-            offered = {"in_channels": len(cfg.data.mean), "num_classes": cfg.data.num_classes}  # what the data decides
-            model = build_model(cfg.model, offered).to(device)
-            if cfg.trainer.channels_last:  # NHWC: faster convolution and pooling kernels, measured on CPU
-                model = model.to(memory_format=torch.channels_last)
-            summary["num_params"] = num_params(model)
-            forward = torch.compile(model) if cfg.trainer.compile else model
-            optimizer = build_optimizer(model, cfg.optimizer, device)
-            loss_fn = build_loss(cfg.loss)
-            # test_acc is always recorded; the others add test_<name> keys to every row
-            metric_fns = {name: get_metric(name) for name in cfg.trainer.metrics if name != "accuracy"}
-            # before the data, so that a logger that cannot start (W&B online without credentials) fails first
-            tracker.loggers = build_loggers(
-                cfg.logger,
-                {"run_dir": run_dir, "config": config_record, "sweep": job.sweep_name, "label": job.label or None,
-                 "model": model},
-            )  # fmt: skip
-            if first_in_process:
-                # Exempt what the imports made (torch's, Hydra's and the loggers' modules: about 10^5 objects) from
-                # the cyclic garbage collector, which otherwise walks them all on each full collection during
-                # training and once more at exit. torch.optim imports torch._dynamo when the first optimizer is
-                # built: import it now so that its objects are exempt too. Once per process and before any job's
-                # data, so that only a first job's few small objects (model, optimizer) are kept out of it.
-                importlib.import_module("torch._dynamo")
-                gc.freeze()
-            train, test = load_dataset(
-                cfg.data.name, _resolve_path(cfg.data.root, job.cwd), cfg.data.download, cfg.data.resize.value,
-                cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
-                size=cfg.data.size, num_classes=cfg.data.num_classes, loader=cfg.data.loader,
-            )  # fmt: skip
-            summary["image_size"] = list(train.image_size)  # lenet.predict brings other images to it
-            steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-            monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]
-            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, monitorable)
-            generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation; in the checkpoint
-            augment = build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort))
-
-            checkpoint_path = run_dir / CHECKPOINT_FILE
+            parts = _build(cfg, job, config_record, tracker, summary, first_in_process)
             # a job that submitit requeued after a time-out or pre-emption continues where it stopped
             resume = cfg.trainer.resume or job.requeueable
             # a resume that is refused leaves the summary of the run it would continue as it was
             keep_summary = resume and (run_dir / "summary.json").is_file()
             checkpoint = load_checkpoint(checkpoint_path) if resume else None
-            # after the loggers' start-up, which would otherwise count as load; a resumed run keeps its thread
-            # count, since the count changes the bits of CPU results
-            pinned = cfg.device.num_threads
-            if checkpoint is not None and checkpoint.get("num_threads"):
-                if pinned and pinned != checkpoint["num_threads"]:
-                    log.warning("device.num_threads=%d ignored: the run continues with the %d threads it started "
-                                "with, whose results it would otherwise not repeat", pinned, checkpoint["num_threads"])  # fmt: skip
-                pinned = checkpoint["num_threads"]
-            num_threads, probe = choose_num_threads(pinned, device, job.parallel_jobs)
-            torch.set_num_threads(num_threads)
-            summary["num_threads"] = num_threads
-            summary["num_threads_probe"] = {str(n): seconds for n, seconds in probe.items()} or None
+            num_threads = _threads(cfg, job, parts, checkpoint, summary)
             if checkpoint is not None:
                 history, elapsed_before = restore(
-                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, model, optimizer, scheduler.scheduler,
-                    generator,
+                    checkpoint, checkpoint_path, config_record, RESUME_IGNORES, parts.model, parts.optimizer,
+                    parts.scheduler.scheduler, parts.generator,
                 )  # fmt: skip
                 summary["resumed_from_epoch"] = len(history)
                 tracker.replay(history)
@@ -259,69 +350,31 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> dict[st
                 log.info("trainer.resume=true but %s does not exist: starting from epoch 1", checkpoint_path)
             keep_summary = False  # the run goes on: its summary is this run's from now on
             tracker.write_metrics(history)  # drops epochs logged after the checkpoint was written
-
             prune = trial_reporter(job.sweeper, job.job_num, job.sweep_dir) if job.sweep_dir else None
-            bf16 = cfg.trainer.precision == Precision.bf16
-            progress = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
             # to the first training step: from this job's start, and from the process's start for its first job
             summary["setup_seconds"] = time.perf_counter() - started
             summary["startup_seconds"] = seconds_since_process_start() if first_in_process else None
             for epoch in range(len(history) + 1, cfg.trainer.epochs + 1):
                 if stop():
                     raise Interrupted(stop())
-                epoch_start = time.perf_counter()
-                lr = optimizer.param_groups[0]["lr"]  # of the epoch's first step
-                train_loss = train_one_epoch(
-                    forward, loss_fn, optimizer, train.images, train.labels, cfg.trainer.batch_size, generator,
-                    scheduler=scheduler.per_step, augment=augment, bf16=bf16, progress=progress, stop_requested=stop,
-                    desc=f"epoch {epoch}/{cfg.trainer.epochs}",
-                )  # fmt: skip
-                evaluation = evaluate(
-                    forward, loss_fn, test.images, test.labels, cfg.trainer.eval_batch_size, bf16, metric_fns
-                )
-                test_loss, test_acc = evaluation.pop("test_loss"), evaluation.pop("test_acc")
-                seconds = time.perf_counter() - epoch_start
-                if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-                    kept = (
-                        f"the checkpoint of epoch {epoch - 1} is kept in {checkpoint_path}"
-                        if history
-                        else "no checkpoint was written"
-                    )
-                    bad = train_loss if not math.isfinite(train_loss) else test_loss
-                    raise DivergedError(
-                        f"the loss became {bad} in epoch {epoch}; "
-                        f"{kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule"
-                    )
-                history.append(
-                    {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
-                     "lr": lr, "seconds": seconds, **evaluation}
-                )  # fmt: skip
-                scheduler.step_epoch(history[-1])
-                elapsed = elapsed_before + time.perf_counter() - started
+                row = _epoch(cfg, parts, epoch, history, stop, checkpoint_path)
+                history.append(row)
+                parts.scheduler.step_epoch(row)
                 save_checkpoint(
-                    checkpoint_path, model, optimizer, scheduler.scheduler, generator, history, config_record, elapsed,
-                    num_threads,
+                    checkpoint_path, parts.model, parts.optimizer, parts.scheduler.scheduler, parts.generator, history,
+                    config_record, elapsed_before + time.perf_counter() - started, num_threads,
                 )  # fmt: skip
                 tracker.log_epoch(history)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
-                    epoch, cfg.trainer.epochs, train_loss, test_loss, 100 * test_acc, lr, seconds,
+                    epoch, cfg.trainer.epochs, row["train_loss"], row["test_loss"], 100 * row["test_acc"], row["lr"],
+                    row["seconds"],
                 )  # fmt: skip
-                if prune is not None and epoch < cfg.trainer.epochs and prune(epoch, test_acc):
+                if prune is not None and epoch < cfg.trainer.epochs and prune(epoch, row["test_acc"]):
                     raise Pruned(
-                        f"pruned by the Optuna search after epoch {epoch} (test accuracy {100 * test_acc:.2f}%)"
+                        f"pruned by the Optuna search after epoch {epoch} (test accuracy {100 * row['test_acc']:.2f}%)"
                     )
-
-            weights = run_dir / f"lenet_{cfg.data.name}.pth"
-            with atomic_file(weights) as tmp:  # a crash never leaves a truncated weights file
-                torch.save(model.state_dict(), tmp)
-            summary["weights"] = weights.name
-            best = max(history, key=lambda row: row["test_acc"])
-            log.info(
-                "done: final test accuracy %.2f%% (best %.2f%% in epoch %d); run dir %s; weights %s",
-                100 * history[-1]["test_acc"], 100 * best["test_acc"], best["epoch"], run_dir, weights,
-            )  # fmt: skip
-            tracker.log_file(weights, "model")
+            tracker.log_file(_save_weights(cfg, job, parts, history, summary), "model")
         summary["status"] = "completed"
         exit_code = 0
     except Pruned as e:

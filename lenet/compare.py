@@ -281,13 +281,14 @@ def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC, titl
     label = "test accuracy" if metric == DEFAULT_METRIC else metric
     axis_label = f"{'test error' if metric == DEFAULT_METRIC else f'1 - {metric}'} (%, log scale)" if is_fraction(
         metric) else label  # fmt: skip
-    shown = [v for v in variants if _curves(v, metric)]
+    curves_of = {id(v): _curves(v, metric) for v in variants}
+    shown = [v for v in variants if curves_of[id(v)]]
     fig, (curve_ax, final_ax) = plt.subplots(
         1, 2, figsize=(11, 4.2 + 0.25 * len(shown)), layout="constrained", gridspec_kw={"width_ratios": [3, 2]}
     )
     most_epochs = 0
     for variant in shown:
-        curves = _curves(variant, metric)
+        curves = curves_of[id(variant)]
         epochs = min(len(c) for c in curves)
         most_epochs = max(most_epochs, epochs)
         per_epoch = [_plotted([c[e] for c in curves], metric) for e in range(epochs)]
@@ -312,7 +313,7 @@ def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC, titl
         curve_ax.set_yscale("log")
         for axis in (curve_ax.yaxis.set_major_formatter, curve_ax.yaxis.set_minor_formatter):
             axis(ScalarFormatter())  # plain numbers: 0.8, 1, 2 rather than powers of ten
-    with_std = any(len(_curves(v, metric)) > 1 for v in shown)
+    with_std = any(len(curves_of[id(v)]) > 1 for v in shown)
     curve_ax.set(xlabel="epoch", ylabel=axis_label,
                  title=f"per epoch: mean over seeds{' ± 1 std' if with_std else ''}")  # fmt: skip
     curve_ax.grid(alpha=0.3, which="both")

@@ -14,7 +14,12 @@ from typing import Any, Callable, Mapping, Optional
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[int, float], bool]  # (epoch, value) -> whether to stop the trial now
-STUDY_FILE = "optuna.db"  # as hydra_plugins/lenet/optuna_sweeper.py keeps it
+STUDY_FILE = "optuna.db"  # the study's SQLite file in the sweep dir, unless hydra.sweeper.storage names another
+
+
+def study_storage(storage: Optional[str], sweep_dir: Path) -> str:
+    """The Optuna storage URL of a search: the configured one, else the SQLite file in the sweep dir."""
+    return storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
 
 
 def trial_reporter(sweeper: Optional[Mapping[str, Any]], trial_number: int, sweep_dir: Path) -> Optional[Reporter]:
@@ -24,7 +29,7 @@ def trial_reporter(sweeper: Optional[Mapping[str, Any]], trial_number: int, swee
     import optuna
     from hydra.utils import instantiate
 
-    storage = sweeper.get("storage") or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+    storage = study_storage(sweeper.get("storage"), sweep_dir)
     try:
         study = optuna.load_study(
             study_name=sweeper["study_name"], storage=storage, pruner=instantiate(sweeper["pruner"])

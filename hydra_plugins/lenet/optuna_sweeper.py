@@ -27,10 +27,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from lenet.pruning import study_storage
+
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
-STUDY_FILE = "optuna.db"
 
 
 @dataclass
@@ -105,7 +106,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         space, fixed = self._search_space(arguments)
-        storage = self.settings.storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+        storage = study_storage(self.settings.storage, sweep_dir)
         study = optuna.create_study(
             study_name=self.settings.study_name, storage=storage, direction=self.settings.direction,
             load_if_exists=True,

@@ -7,15 +7,15 @@ python train.py -m pooling=avg,max seed=0,1,2 # a sweep: one job per combination
 
 import sys
 
-from lenet import signals
+from lenet.run import signals
 
 signals.install()  # first: a Ctrl-C or SIGTERM from here on stops the run cleanly, never lost
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lenet.config import register_configs  # noqa: E402
-from lenet.errors import shorten_hydra_errors  # noqa: E402
+from lenet.run.config import register_configs  # noqa: E402
+from lenet.core.errors import shorten_hydra_errors  # noqa: E402
 
 register_configs()
 shorten_hydra_errors()
@@ -24,7 +24,7 @@ shorten_hydra_errors()
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train and evaluate one variant; return its final test accuracy (what sweepers optimise)."""
-    from lenet.runner import run_from_hydra  # imports torch: not needed for --help, --cfg or config errors
+    from lenet.run.job import run_from_hydra  # imports torch: not needed for --help, --cfg or config errors
 
     return run_from_hydra(cfg)
 

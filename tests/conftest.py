@@ -32,7 +32,7 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
 
 def write_mnist(folder: Path, n_train: int = 300, n_test: int = 100, gz: bool = False) -> Path:
     """Write the four MNIST files (synthetic digits) into ``folder``; return it."""
-    from lenet.data import make_synthetic
+    from lenet.core.data import make_synthetic
 
     for split, n, seed in (("train", n_train, 11), ("t10k", n_test, 12)):
         images, labels = make_synthetic(n, seed)

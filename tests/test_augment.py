@@ -2,7 +2,7 @@
 
 import torch
 
-from lenet.augment import build_augmentation, distort
+from lenet.core.augment import build_augmentation, distort
 
 from test_recipe import exact_resume_check
 

@@ -31,7 +31,7 @@ def test_steps_mode_reports_both_pipelines_and_their_ratio(tmp_path):
 
 
 def test_reports_print_as_tables(capsys):
-    from lenet.bench import _print_process, _print_steps
+    from lenet.tools.bench import _print_process, _print_steps
 
     setup = {
         "device": "cpu",
@@ -86,7 +86,7 @@ def test_reference_script_logs_to_wandb_like_a_usual_script(tmp_path):
 
 
 def test_time_to_accuracy_counts_from_process_start_to_the_first_epoch_at_the_target(tmp_path):
-    from lenet.bench import time_to_accuracy
+    from lenet.tools.bench import time_to_accuracy
 
     rows = [{"epoch": e, "test_acc": acc, "seconds": 2.0} for e, acc in ((1, 0.98), (2, 0.991), (3, 0.995))]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

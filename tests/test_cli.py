@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from lenet.models import create_model
+from lenet.core.models import create_model
 
 from conftest import read_json, read_jsonl, run_train, write_mnist
 

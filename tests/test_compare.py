@@ -11,7 +11,7 @@ import sys
 import pytest
 from scipy import stats
 
-from lenet.compare import compare
+from lenet.tools.compare import compare
 
 from conftest import read_json, run_train
 
@@ -103,7 +103,7 @@ def test_a_dir_without_jobs_is_a_clear_error(tmp_path):
 
 
 def fake_variant(label, accs):
-    from lenet.compare import Job, Variant
+    from lenet.tools.compare import Job, Variant
 
     jobs = [Job(Path(f"/x/{label}/{seed}"), {"seed": str(seed)}, {"status": "completed", "final_test_acc": a, "seed": seed}, [])
             for seed, a in enumerate(accs)]  # fmt: skip
@@ -111,7 +111,7 @@ def fake_variant(label, accs):
 
 
 def test_paired_test_edge_cases():
-    from lenet.compare import paired_test
+    from lenet.tools.compare import paired_test
 
     same = paired_test(fake_variant("a", [0.9, 0.8, 0.7]), fake_variant("b", [0.9, 0.8, 0.7]))
     assert "identical on all 3 shared seeds" in same.sentence() and not same.significant
@@ -140,7 +140,7 @@ def test_a_folder_of_several_sweeps_gets_one_report_per_sweep(pooling_sweep, tmp
     parent = tmp_path / "multirun"
     for name in ("first", "second"):
         shutil.copytree(pooling_sweep, parent / "2026-11-29" / name)
-    from lenet.compare import find_sweeps, main
+    from lenet.tools.compare import find_sweeps, main
 
     assert find_sweeps(parent) == [parent / "2026-11-29" / "first", parent / "2026-11-29" / "second"]
     assert find_sweeps(parent / "2026-11-29" / "first") == [parent / "2026-11-29" / "first"]

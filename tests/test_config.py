@@ -6,11 +6,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from lenet.config import Config, Precision, Resize, register_configs, to_typed
-from lenet.errors import ConfigError
-from lenet.losses import build_loss
-from lenet.models import build_model, list_models, list_poolings
-from lenet.optim import build_optimizer, build_scheduler
+from lenet.run.config import Config, Precision, Resize, register_configs, to_typed
+from lenet.core.errors import ConfigError
+from lenet.core.losses import build_loss
+from lenet.core.models import build_model, list_models, list_poolings
+from lenet.core.optim import build_optimizer, build_scheduler
 
 from conftest import REPO
 
@@ -32,7 +32,7 @@ def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
     assert (cfg.model["name"], cfg.model["pooling"], cfg.scheduler["_target_"], cfg.data.name) == (
         "lenet5",
         "max",
-        "lenet.schedules.onecycle",
+        "lenet.core.schedules.onecycle",
         "mnist",
     )
     assert cfg.trainer.epochs == 10 and cfg.seed == 0 and cfg.data.resize == Resize.pad and cfg.device.name == "auto"
@@ -59,7 +59,7 @@ def test_every_group_option_composes_and_builds(group, option):
 
 
 def test_the_classic_model_brings_its_loss_unless_one_is_chosen():
-    assert compose("config", overrides=["model=lenet5_classic"]).loss._target_ == "lenet.losses.LeCunRBFLoss"
+    assert compose("config", overrides=["model=lenet5_classic"]).loss._target_ == "lenet.core.losses.LeCunRBFLoss"
     assert compose("config").loss._target_ == "torch.nn.CrossEntropyLoss"
     chosen = compose("config", overrides=["model=lenet5_classic", "loss=cross_entropy"])
     assert chosen.loss._target_ == "torch.nn.CrossEntropyLoss"

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lenet.data as data
-from lenet.data import (
+import lenet.core.data as data
+from lenet.core.data import (
     PREPROCESS_CHUNK,
     load_dataset,
     locate_raw,
@@ -17,7 +17,7 @@ from lenet.data import (
     read_idx,
     resize_matrix,
 )
-from lenet.errors import ConfigError, DataError
+from lenet.core.errors import ConfigError, DataError
 
 from conftest import REAL_DATA, write_idx, write_mnist
 

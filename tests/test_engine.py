@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet.engine import evaluate, train_one_epoch
-from lenet.models import create_model
+from lenet.train.loop import evaluate, train_one_epoch
+from lenet.core.models import create_model
 
 from test_reliability import run_in_process
 

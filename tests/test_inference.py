@@ -1,4 +1,4 @@
-"""A finished run loaded back: lenet.inference, python -m lenet.evaluate and python -m lenet.predict."""
+"""A finished run loaded back: lenet.tools.inference, python -m lenet.evaluate and python -m lenet.predict."""
 
 import subprocess
 import sys
@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO, read_json, run_train
-from lenet.errors import UserError
-from lenet.inference import load_image, load_run
+from lenet.core.errors import UserError
+from lenet.tools.inference import load_image, load_run
 
 TINY = ["logger=none", "data=synthetic", "data.train_size=512", "data.test_size=200", "trainer.batch_size=64",
         "device=cpu", "device.num_threads=1", "trainer.epochs=2"]  # fmt: skip
@@ -39,7 +39,7 @@ def test_the_model_is_rebuilt_from_the_runs_own_config(avg_run):
 
 @pytest.mark.slow
 def test_evaluate_reproduces_the_runs_final_accuracy_and_writes_its_pictures(avg_run):
-    result = module("lenet.evaluate", str(avg_run), cwd=avg_run.parent)
+    result = module("lenet.tools.evaluate", str(avg_run), cwd=avg_run.parent)
     assert result.returncode == 0, result.stderr
     report, summary = read_json(avg_run / "evaluation.json"), read_json(avg_run / "summary.json")
     assert report["test_acc"] == pytest.approx(summary["final_test_acc"])  # the same weights on the same test set
@@ -53,7 +53,7 @@ def test_evaluate_reproduces_the_runs_final_accuracy_and_writes_its_pictures(avg
 
 
 def test_predict_gives_a_28x28_image_the_training_preprocessing(avg_run, tmp_path):
-    from lenet.data import make_synthetic
+    from lenet.core.data import make_synthetic
 
     images, _ = make_synthetic(8, seed=5)
     paths = []
@@ -65,7 +65,7 @@ def test_predict_gives_a_28x28_image_the_training_preprocessing(avg_run, tmp_pat
     with torch.no_grad():
         direct = run.model(run.preprocess(images)).softmax(1)
     torch.testing.assert_close(from_files, direct)
-    result = module("lenet.predict", str(avg_run), *map(str, paths[:2]), cwd=tmp_path)
+    result = module("lenet.tools.predict", str(avg_run), *map(str, paths[:2]), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [line.split("  ") for line in result.stdout.splitlines()]
     assert [(name, int(label)) for name, label, _ in lines] == [(str(p), int(from_files[i].argmax())) for i, p in
@@ -91,5 +91,5 @@ def test_a_large_dark_on_light_colour_photo_is_brought_to_mnists_form(tmp_path):
 def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
     with pytest.raises(UserError, match="is not a run dir"):
         load_run(tmp_path)
-    result = module("lenet.predict", str(tmp_path), "x.png", cwd=tmp_path)
+    result = module("lenet.tools.predict", str(tmp_path), "x.png", cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from lenet.compare import compare
-from lenet.threads import available_cores
+from lenet.tools.compare import compare
+from lenet.run.threads import available_cores
 
 from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
 from wandb_records import OfflineRun
@@ -53,9 +53,9 @@ def _processes(module, sweep):
 
 
 def _job_process(sweep, index):
-    """The pid of the running `python -m lenet.job_process SWEEP/.../INDEX.job` process, or None."""
+    """The pid of the running `python -m hydra_plugins.lenet.job_process SWEEP/.../INDEX.job` process, or None."""
     pids = [
-        pid for pid, argv in _processes("lenet.job_process", sweep) if any(a.endswith(f"/{index}.job") for a in argv)
+        pid for pid, argv in _processes("hydra_plugins.lenet.job_process", sweep) if any(a.endswith(f"/{index}.job") for a in argv)
     ]
     return pids[0] if pids else None
 

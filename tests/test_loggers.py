@@ -7,9 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO, read_json, read_jsonl, run_train
-from lenet.config import register_configs, to_typed
-from lenet.errors import ConfigError
-from lenet.loggers import Logger, Loggers, build_loggers
+from lenet.run.config import register_configs, to_typed
+from lenet.core.errors import ConfigError
+from lenet.run.loggers import Logger, Loggers, build_loggers
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu",
         "device.num_threads=1", "trainer.epochs=2", "hydra.run.dir=run"]  # fmt: skip
@@ -74,14 +74,14 @@ def test_a_target_that_is_not_a_logger_or_takes_other_arguments_is_one_line(tmp_
     with pytest.raises(ConfigError, match=r"logger.x._target_=builtins.dict has no log_row or finish method"):
         build_loggers({"x": {"_target_": "builtins.dict"}}, {"run_dir": tmp_path})
     with pytest.raises(ConfigError, match=r"takes no argument logger.tb.colour='red'"):
-        build_loggers({"tb": {"_target_": "lenet.loggers.TensorBoardLogger", "colour": "red"}}, {"run_dir": tmp_path})
+        build_loggers({"tb": {"_target_": "lenet.run.loggers.TensorBoardLogger", "colour": "red"}}, {"run_dir": tmp_path})
 
 
 @pytest.mark.slow
 def test_a_run_whose_logger_cannot_start_fails_in_one_line_before_training(tmp_path):
     result = run_train("logger=tensorboard", "+logger.tensorboard.colour=red", *TINY, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: lenet.loggers.TensorBoardLogger takes no argument")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: lenet.run.loggers.TensorBoardLogger takes no argument")
     assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
 
@@ -109,7 +109,7 @@ def test_tensorboard_holds_every_number_of_every_row(tmp_path):
 
 def test_tensorboard_of_a_resumed_run_ends_as_its_checkpoint_history(tmp_path):
     pytest.importorskip("tensorboard")
-    from lenet.loggers import TensorBoardLogger
+    from lenet.run.loggers import TensorBoardLogger
 
     first = TensorBoardLogger(tmp_path)
     for step, acc in ((1, 0.1), (2, 0.2), (3, 0.3)):  # epoch 3 logged, then the process died before its checkpoint

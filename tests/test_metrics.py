@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lenet.compare import compare, main as compare_main
-from lenet.errors import ConfigError
-from lenet.metrics import compute, get_metric, per_class_accuracy, top5
+from lenet.tools.compare import compare, main as compare_main
+from lenet.core.errors import ConfigError
+from lenet.core.metrics import compute, get_metric, per_class_accuracy, top5
 
 from conftest import read_json, read_jsonl, run_train
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from lenet.errors import ConfigError
-from lenet.losses import LeCunRBFLoss
-from lenet.models import create_model, create_pooling, list_models, list_poolings, num_params, register_model
+from lenet.core.errors import ConfigError
+from lenet.core.losses import LeCunRBFLoss
+from lenet.core.models import create_model, create_pooling, list_models, list_poolings, num_params, register_model
 
 # parameter counts as published; a new model adds its line here
 EXPECTED_PARAMS = {
@@ -35,7 +35,7 @@ def test_duplicate_registration_raises():
 
 
 def test_registered_model_is_found_by_its_function_name():
-    import lenet.models as models
+    import lenet.core.models as models
 
     def tiny_for_test():
         return nn.Linear(1, 1)

@@ -5,10 +5,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import OneCycleLR
 
-from lenet import schedules
-from lenet.errors import ConfigError
-from lenet.models import create_model
-from lenet.optim import build_optimizer, build_scheduler
+from lenet.core import schedules
+from lenet.core.errors import ConfigError
+from lenet.core.models import create_model
+from lenet.core.optim import build_optimizer, build_scheduler
 
 from conftest import REPO
 

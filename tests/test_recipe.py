@@ -5,14 +5,14 @@ import csv
 import pytest
 import torch
 
-import lenet.runner as runner
-from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from lenet.compare import compare
-from lenet.errors import Interrupted
+import lenet.run.job as runner
+from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from lenet.tools.compare import compare
+from lenet.core.errors import Interrupted
 
 from conftest import read_json, read_jsonl, run_train
 from test_reliability import compose_config, run_in_process, without_time
-from lenet.runner import JobInfo, run_job
+from lenet.run.job import JobInfo, run_job
 
 TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
         "device=cpu", "trainer.epochs=1"]  # fmt: skip

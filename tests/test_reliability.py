@@ -14,11 +14,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-import lenet.models as models
-from lenet.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from lenet.config import register_configs, to_typed
-from lenet.errors import CheckpointError, ConfigError, DivergedError
-from lenet.runner import JobInfo, run_job
+import lenet.core.models as models
+from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from lenet.run.config import register_configs, to_typed
+from lenet.core.errors import CheckpointError, ConfigError, DivergedError
+from lenet.run.job import JobInfo, run_job
 
 from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
 
@@ -212,7 +212,7 @@ def test_a_run_leaves_no_temporary_files_and_removes_stale_ones(tmp_path):
 
 
 def test_the_interrupted_message_offers_resume_only_when_a_checkpoint_exists(tmp_path):
-    from lenet.runner import interrupted_message
+    from lenet.run.job import interrupted_message
 
     run_dir = tmp_path / "my runs" / "a"
     run_dir.mkdir(parents=True)
@@ -224,8 +224,8 @@ def test_the_interrupted_message_offers_resume_only_when_a_checkpoint_exists(tmp
 
 
 def test_a_signal_received_before_a_job_starts_stops_it_at_once(tmp_path, monkeypatch):
-    from lenet import signals
-    from lenet.errors import Interrupted
+    from lenet.run import signals
+    from lenet.core.errors import Interrupted
 
     monkeypatch.setattr(signals, "pending", signal.SIGTERM)  # as if it came during start-up or between jobs
     with pytest.raises(Interrupted, match="SIGTERM"):

@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-import lenet.runner as runner
-import lenet.threads as threads
-from lenet.errors import Interrupted
-from lenet.runner import JobInfo, run_job
+import lenet.run.job as runner
+import lenet.run.threads as threads
+from lenet.core.errors import Interrupted
+from lenet.run.job import JobInfo, run_job
 
 from test_reliability import compose_config
 

@@ -68,7 +68,7 @@ def test_online_without_credentials_fails_fast_without_prompting(tmp_path):
 
 @pytest.mark.parametrize("env_mode,expected", [(None, "offline"), ("disabled", "disabled")])
 def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypatch, env_mode, expected):
-    from lenet.loggers import resolve_wandb_mode
+    from lenet.run.loggers import resolve_wandb_mode
 
     if env_mode is None:
         monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -80,7 +80,7 @@ def test_mode_defaults_to_offline_unless_the_environment_says_otherwise(monkeypa
 def test_the_logger_leaves_the_environment_alone_and_its_run_is_reachable(tmp_path, monkeypatch):
     import wandb
 
-    from lenet.loggers import WandbLogger
+    from lenet.run.loggers import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     logger = WandbLogger(tmp_path, {"lr": 0.1}, sweep="sweep", label="first", mode="offline")

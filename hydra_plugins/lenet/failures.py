@@ -22,7 +22,7 @@ def job_dir(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str])
 
 def record_failure(folder: Path, overrides: Sequence[str], reason: str) -> None:
     """Mark the job failed in its summary.json, unless it recorded how it ended itself."""
-    from lenet.tracking import SUMMARY_FILE, read_summary, write_atomic
+    from lenet.run.tracking import SUMMARY_FILE, read_summary, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     summary = read_summary(folder) or {"final_test_acc": None, "best_test_acc": None}

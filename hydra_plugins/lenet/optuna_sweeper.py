@@ -27,7 +27,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.pruning import study_storage
+from hydra_plugins.lenet.pruning import study_storage
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"
@@ -142,7 +142,7 @@ class OptunaSweeper(Sweeper):
     def _tell(study: Any, trial: Any, result: Any) -> None:
         from optuna.trial import TrialState
 
-        from lenet.tracking import read_summary
+        from lenet.run.tracking import read_summary
 
         job_dir = (
             OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir", default=None) if result.hydra_cfg else None

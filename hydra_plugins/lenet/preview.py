@@ -39,8 +39,8 @@ class PreviewLauncher(Launcher):
         self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lenet.config import to_typed
-        from lenet.errors import UserError
+        from lenet.run.config import to_typed
+        from lenet.core.errors import UserError
 
         assert self.config is not None and self.hydra_context is not None
         for offset, overrides in enumerate(job_overrides):

@@ -3,7 +3,7 @@
 hydra-joblib-launcher runs jobs in a loky worker pool, where one worker's death (the out-of-memory
 killer, SIGKILL) aborts the whole sweep and takes the other workers' jobs with it, and where a SIGTERM
 to the sweep leaves the workers running. Here each job is a process of its own
-(``python -m lenet.job_process``), started ``n_jobs`` at a time: a job whose process dies is recorded
+(``python -m hydra_plugins.lenet.job_process``), started ``n_jobs`` at a time: a job whose process dies is recorded
 as failed with its reason and the others run on; a SIGINT or SIGTERM to the sweep is passed to every
 running job, which stops at its next step and records itself interrupted, and no job starts after
 it; the jobs die with the sweep if it is killed (Linux).
@@ -68,7 +68,7 @@ class ProcessesLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import cloudpickle
 
-        from lenet import signals
+        from lenet.run import signals
 
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -97,7 +97,7 @@ class ProcessesLauncher(Launcher):
                             f,
                         )  # fmt: skip
                     process = subprocess.Popen(
-                        [sys.executable, "-m", "lenet.job_process", str(job_file), str(result)],
+                        [sys.executable, "-m", "hydra_plugins.lenet.job_process", str(job_file), str(result)],
                         start_new_session=True,  # a terminal's Ctrl-C reaches the sweep, which passes it on once
                         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                     )

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
-from lenet.errors import ConfigError, DataError
-from lenet.factory import accepted_arguments
-from lenet.registry import import_function, register
+from lenet.core.errors import ConfigError, DataError
+from lenet.core.factory import accepted_arguments
+from lenet.core.registry import import_function, register
 
 # torchvision's folder name for each dataset: files live in ROOT/<folder>/raw/
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from lenet.errors import ConfigError
-from lenet.factory import accepted_arguments, bind, call
+from lenet.core.errors import ConfigError
+from lenet.core.factory import accepted_arguments, bind, call
 
 # keys of a scheduler node that tell the harness how to drive it; the rest are the scheduler's arguments
 SCHEDULER_KEYS = ("interval", "monitor")

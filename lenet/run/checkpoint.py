@@ -8,9 +8,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lenet.config import changed_keys
-from lenet.errors import CheckpointError, ConfigError
-from lenet.tracking import atomic_file
+from lenet.run.config import changed_keys
+from lenet.core.errors import CheckpointError, ConfigError
+from lenet.run.tracking import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

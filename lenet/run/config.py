@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet.errors import ConfigError
+from lenet.core.errors import ConfigError
 
 
 MAX_GENERATED_IMAGES = 1_000_000  # data.train_size/test_size: about 5 KB of memory each, once preprocessed
@@ -75,14 +75,14 @@ class DataConfig:
 @dataclass
 class DeviceConfig:
     name: str = MISSING  # auto | cpu | cuda | mps
-    num_threads: Optional[int] = None  # torch CPU threads; null: chosen by lenet.threads (recorded in summary.json)
+    num_threads: Optional[int] = None  # torch CPU threads; null: chosen by lenet.run.threads (recorded in summary.json)
 
 
 @dataclass
 class WandbConfig:
-    """The typed node of logger=wandb (lenet.loggers.WandbLogger's arguments)."""
+    """The typed node of logger=wandb (lenet.run.loggers.WandbLogger's arguments)."""
 
-    _target_: str = "lenet.loggers.WandbLogger"
+    _target_: str = "lenet.run.loggers.WandbLogger"
     mode: Optional[WandbMode] = None  # null: $WANDB_MODE if set, else offline
     project: str = "lenet"
     entity: Optional[str] = None
@@ -104,7 +104,7 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC memory format for the model's activations
     resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
     progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal
-    metrics: List[str] = field(default_factory=lambda: ["accuracy"])  # lenet.metrics names or dotted paths
+    metrics: List[str] = field(default_factory=lambda: ["accuracy"])  # lenet.core.metrics names or dotted paths
 
 
 @dataclass

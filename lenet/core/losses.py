@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.factory import bind, call
+from lenet.core.factory import bind, call
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

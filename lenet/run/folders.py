@@ -75,7 +75,7 @@ def _unique_folder(folder: Path) -> Path:
 
 def _check_resumable(config: DictConfig, run_dir: Path) -> None:
     """Refuse to resume with another config before Hydra overwrites the run's own .hydra/config.yaml."""
-    from lenet.config import RESUME_IGNORES, changed_keys
+    from lenet.run.config import RESUME_IGNORES, changed_keys
 
     saved_file = run_dir / ".hydra" / "config.yaml"
     if not saved_file.is_file():
@@ -105,7 +105,7 @@ def claim_sweep_dir(config: DictConfig, definition: list[str]) -> None:
     With trainer.resume=true the sweep continues the one in its dir, job by job, if ``definition`` (its
     overrides and search space) is that sweep's; another one is refused, naming what differs.
     """
-    from lenet.sweep import read_sweep_definition, split_override, sweep_jobs
+    from lenet.run.sweep_dir import read_sweep_definition, split_override, sweep_jobs
 
     sweep_dir = Path(config.hydra.sweep.dir)
     if OmegaConf.select(config, "trainer.resume", default=False):

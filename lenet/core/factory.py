@@ -13,7 +13,7 @@ import inspect
 import re
 from typing import Any, Callable, Mapping
 
-from lenet.errors import ConfigError
+from lenet.core.errors import ConfigError
 
 
 def bind(node: Mapping[str, Any], key: str, reserved: tuple[str, ...] = ()) -> functools.partial:

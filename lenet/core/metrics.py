@@ -12,8 +12,8 @@ from typing import Callable, Union
 
 import torch
 
-from lenet.errors import ConfigError
-from lenet.registry import import_function, register
+from lenet.core.errors import ConfigError
+from lenet.core.registry import import_function, register
 
 Metric = Callable[[torch.Tensor, torch.Tensor], Union[float, dict[str, float]]]
 _METRICS: dict[str, Metric] = {}

@@ -15,7 +15,7 @@ import signal
 import threading
 from typing import Any, Iterator, Optional
 
-from lenet.errors import Interrupted
+from lenet.core.errors import Interrupted
 
 log = logging.getLogger(__name__)
 

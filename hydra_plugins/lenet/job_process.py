@@ -1,4 +1,4 @@
-"""One job of a sweep in a process of its own: ``python -m lenet.job_process JOB.pkl RESULT.pkl``.
+"""One job of a sweep in a process of its own: ``python -m hydra_plugins.lenet.job_process JOB.pkl RESULT.pkl``.
 
 Started by the ``processes`` launcher (``hydra_plugins/lenet/processes.py``). ``JOB.pkl``
 holds what Hydra needs to run the job (as submitit ships it); the job's ``JobReturn`` is written to
@@ -38,7 +38,7 @@ def main(job_file: str, result_file: str) -> None:
     """Run the pickled job and pickle its JobReturn; the result file appears whole or not at all."""
     import cloudpickle
 
-    from lenet import signals
+    from lenet.run import signals
 
     signals.install()
     with open(job_file, "rb") as f:

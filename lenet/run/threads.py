@@ -46,7 +46,7 @@ def candidates(budget: int) -> list[int]:
 
 def _probe_step() -> Callable[[], None]:
     """One training step (forward, backward, SGD update) of a LeNet-sized network on random data."""
-    from lenet.models import LeNet5
+    from lenet.core.models import LeNet5
 
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):  # the probe must not move the run's random numbers

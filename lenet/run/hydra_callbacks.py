@@ -10,10 +10,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.run_dirs import claim_run_dir, claim_sweep_dir
-from lenet.config import RESUME_IGNORES
-from lenet.sweep import job_label, read_swept_keys, sweep_definition, sweep_jobs, swept_keys, write_sweep_file
-from lenet.tracking import read_summary
+from lenet.run.folders import claim_run_dir, claim_sweep_dir
+from lenet.run.config import RESUME_IGNORES
+from lenet.run.sweep_dir import job_label, read_swept_keys, sweep_definition, sweep_jobs, swept_keys, write_sweep_file
+from lenet.run.tracking import read_summary
 
 
 def _ensure_writable(folder: Path, key: str) -> None:

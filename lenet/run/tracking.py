@@ -1,4 +1,4 @@
-"""Where a run's results go: local files in the run dir (always) and the configured loggers (``lenet.loggers``).
+"""Where a run's results go: local files in the run dir (always) and the configured loggers (``lenet.run.loggers``).
 
 ``metrics.jsonl`` (one JSON object per epoch) and ``summary.json`` are rewritten whole through a
 temporary file and a rename, so a crash never leaves a half-written or duplicated line.
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from lenet.loggers import Loggers
+from lenet.run.loggers import Loggers
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -1,6 +1,6 @@
 """A finished run, loaded back: its model rebuilt from the run's own config, its weights, its preprocessing.
 
-    from lenet.inference import load_run
+    from lenet.tools.inference import load_run
     run = load_run("outputs/2026-11-28/14-03-12")
     probabilities = run.predict(images)  # uint8 (N, H, W[, C]) as the dataset holds them, or image files
 
@@ -20,11 +20,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from lenet.config import Config, register_configs, to_typed
-from lenet.data import preprocess
-from lenet.errors import UserError
-from lenet.models import build_model
-from lenet.tracking import read_summary
+from lenet.run.config import Config, register_configs, to_typed
+from lenet.core.data import preprocess
+from lenet.core.errors import UserError
+from lenet.core.models import build_model
+from lenet.run.tracking import read_summary
 
 MNIST_BOX = 20  # MNIST's digits were scaled into a 20x20 box, centred in the 28x28 image
 

@@ -19,9 +19,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from lenet import signals
-from lenet.errors import ConfigError, Interrupted, UserError
-from lenet.factory import bind, call
+from lenet.run import signals
+from lenet.core.errors import ConfigError, Interrupted, UserError
+from lenet.core.factory import bind, call
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Logge
             if missing:
                 raise ConfigError(
                     f"{key}._target_={node['_target_']} has no {' or '.join(missing)} method: "
-                    "subclass lenet.loggers.Logger"
+                    "subclass lenet.run.loggers.Logger"
                 )
             loggers.loggers[name] = logger
     except BaseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from lenet.errors import ConfigError
+from lenet.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable)
 

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from lenet.errors import Interrupted
-from lenet.metrics import Metric, compute
+from lenet.core.errors import Interrupted
+from lenet.core.metrics import Metric, compute
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:

@@ -25,22 +25,22 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.augment import build_augmentation
-from lenet.checkpoint import CHECKPOINT_FILE, check_config, load_checkpoint, restore, save_checkpoint
-from lenet.config import RESUME_IGNORES, Config, Precision, to_typed
-from lenet.data import load_dataset
-from lenet.engine import evaluate, train_one_epoch
-from lenet.errors import DeviceError, DivergedError, Interrupted, Pruned, UserError
-from lenet.losses import build_loss
-from lenet.metrics import get_metric, metric_key
-from lenet.models import build_model, num_params
-from lenet.optim import build_optimizer, build_scheduler
-from lenet.pruning import trial_reporter
-from lenet.signals import SignalStop, pending_name
-from lenet.sweep import job_label, read_swept_keys, split_override
-from lenet.threads import available_cores, choose_num_threads
-from lenet.loggers import build_loggers
-from lenet.tracking import Tracker, atomic_file, read_summary, remove_stale_temporaries
+from lenet.core.augment import build_augmentation
+from lenet.run.checkpoint import CHECKPOINT_FILE, check_config, load_checkpoint, restore, save_checkpoint
+from lenet.run.config import RESUME_IGNORES, Config, Precision, to_typed
+from lenet.core.data import load_dataset
+from lenet.train.loop import evaluate, train_one_epoch
+from lenet.core.errors import DeviceError, DivergedError, Interrupted, Pruned, UserError
+from lenet.core.losses import build_loss
+from lenet.core.metrics import get_metric, metric_key
+from lenet.core.models import build_model, num_params
+from lenet.core.optim import build_optimizer, build_scheduler
+from hydra_plugins.lenet.pruning import trial_reporter
+from lenet.run.signals import SignalStop, pending_name
+from lenet.run.sweep_dir import job_label, read_swept_keys, split_override
+from lenet.run.threads import available_cores, choose_num_threads
+from lenet.run.loggers import build_loggers
+from lenet.run.tracking import Tracker, atomic_file, read_summary, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Parts:
     metric_fns: dict[str, Any]
     train: Any
     test: Any
-    scheduler: Any  # lenet.optim.Scheduler
+    scheduler: Any  # lenet.core.optim.Scheduler
     generator: torch.Generator
     augment: Any
 
@@ -233,7 +233,7 @@ def _build(
         cfg.data.mean, cfg.data.std, device, synthetic_sizes=(cfg.data.train_size, cfg.data.test_size),
         size=cfg.data.size, num_classes=cfg.data.num_classes, loader=cfg.data.loader,
     )  # fmt: skip
-    summary["image_size"] = list(train.image_size)  # lenet.predict brings other images to it
+    summary["image_size"] = list(train.image_size)  # lenet.tools.predict brings other images to it
     steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
     monitorable = METRIC_KEYS + [metric_key(name) for name in metric_fns]
     return Parts(

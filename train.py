@@ -22,9 +22,9 @@ shorten_hydra_errors()
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Train and evaluate one variant; return its final test accuracy (what sweepers optimise)."""
-    from lenet.run.job import run_from_hydra  # imports torch: not needed for --help, --cfg or config errors
+def main(cfg: DictConfig) -> object:
+    """Train and evaluate one variant; its outcome (lenet's sweepers read it: lenet.run.outcome)."""
+    from lenet.run.entry import run_from_hydra  # imports torch: not needed for --help, --cfg or config errors
 
     return run_from_hydra(cfg)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -71,3 +72,92 @@ def read_json(path: Path) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock seconds: what must be equal between runs."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# one thread pinned: runs compared bit for bit must use the same count
+SYNTHETIC = ["logger=none", "data=synthetic", "data.test_size=256", "trainer.batch_size=64", "device=cpu",
+             "device.num_threads=1"]  # fmt: skip
+
+
+def compose_config(*overrides: str):
+    """The typed config and its resolved record, composed from conf/ with SYNTHETIC and ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lenet.run.config import register_configs, to_typed
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[*SYNTHETIC, *overrides])
+    return to_typed(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def run_in_process(tmp_path: Path, name: str, *overrides: str, resume_dir: Path | None = None):
+    """Run a job in this process into ``tmp_path/name`` (or ``resume_dir``); its summary and its run dir."""
+    from lenet.run.job import JobInfo
+    from lenet.run.lifecycle import run_job
+
+    cfg, record = compose_config(*overrides)
+    run_dir = resume_dir or tmp_path / name
+    run_dir.mkdir(exist_ok=True)
+    outcome = run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record)
+    return dict(outcome.summary), run_dir
+
+
+def as_if_interrupted(run_dir: Path) -> None:
+    """Mark a finished run as stopped before its end: resuming it then reads its checkpoint."""
+    summary = read_json(run_dir / "summary.json")
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+
+
+def job_summaries(sweep: Path) -> list[dict]:
+    """The summaries of a sweep's jobs 0, 1, ... in order."""
+    return [read_json(sweep / str(n) / "summary.json") for n in range(len(list(sweep.glob("*/summary.json"))))]
+
+
+def interrupt_after_first_checkpoint(monkeypatch) -> None:
+    """Make runs stop as after a SIGTERM right after their first checkpoint (until ``monkeypatch.undo()``)."""
+    from lenet.core.errors import Interrupted
+    from lenet.run.checkpoint import Checkpointing
+
+    save = Checkpointing.on_epoch_end
+
+    def save_then_stop(self, run, row):
+        save(self, run, row)
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(Checkpointing, "on_epoch_end", save_then_stop)
+
+
+def exact_resume_check(tmp_path: Path, overrides: list[str]):
+    """Run ``overrides`` whole, and stopped after epoch 1 then resumed: the metrics and weights must be equal."""
+    import torch
+
+    from lenet.core.errors import Interrupted
+    from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    full, full_dir = run_in_process(tmp_path, "full", *overrides)
+    with pytest.MonkeyPatch.context() as monkeypatch, pytest.raises(Interrupted):
+        interrupt_after_first_checkpoint(monkeypatch)
+        run_in_process(tmp_path, "part", *overrides)
+    assert len(load_checkpoint(tmp_path / "part" / CHECKPOINT_FILE)["history"]) == 1
+    resumed, _ = run_in_process(tmp_path, "part", *overrides, "trainer.resume=true")
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
+    assert without_time(read_jsonl(tmp_path / "part" / "metrics.jsonl")) == without_time(
+        read_jsonl(full_dir / "metrics.jsonl")
+    )
+    w_full, w_part = torch.load(full_dir / "lenet_synthetic.pth"), torch.load(tmp_path / "part" / "lenet_synthetic.pth")
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+    return full, full_dir
+
+
+def doc_block(doc: str, first_line: str) -> str:
+    """The fenced code block of ``doc`` (a path from the repo root) that starts with ``first_line``: as users read it."""
+    blocks = re.findall(r"```\w*\n(.*?)```", (REPO / doc).read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block

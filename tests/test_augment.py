@@ -4,7 +4,7 @@ import torch
 
 from lenet.core.augment import build_augmentation, distort
 
-from test_recipe import exact_resume_check
+from conftest import exact_resume_check
 
 
 def digits(n=6, seed=0):
@@ -50,5 +50,5 @@ def test_none_builds_nothing():
     assert build_augmentation("none", {}) is None
 
 
-def test_a_run_with_distortions_resumes_exactly(tmp_path, monkeypatch):
-    exact_resume_check(tmp_path, monkeypatch, ["data.augment=distort", "data.train_size=256", "trainer.epochs=3"])
+def test_a_run_with_distortions_resumes_exactly(tmp_path):
+    exact_resume_check(tmp_path, ["data.augment=distort", "data.train_size=256", "trainer.epochs=3"])

@@ -90,7 +90,7 @@ def test_time_to_accuracy_counts_from_process_start_to_the_first_epoch_at_the_ta
 
     rows = [{"epoch": e, "test_acc": acc, "seconds": 2.0} for e, acc in ((1, 0.98), (2, 0.991), (3, 0.995))]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "summary.json").write_text(json.dumps({"startup_seconds": 3.0, "final_test_acc": 0.995}))
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "startup_seconds": 3.0, "final_test_acc": 0.995}))
     report = time_to_accuracy(tmp_path, 0.99)
     assert report["reached"] == {"epoch": 2, "seconds": 7.0} and report["final_test_acc"] == 0.995
     assert time_to_accuracy(tmp_path, 0.999)["reached"] is None

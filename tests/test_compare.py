@@ -103,10 +103,12 @@ def test_a_dir_without_jobs_is_a_clear_error(tmp_path):
 
 
 def fake_variant(label, accs):
+    from lenet.run.outcome import outcome_from_summary
     from lenet.tools.compare import Job, Variant
 
-    jobs = [Job(Path(f"/x/{label}/{seed}"), {"seed": str(seed)}, {"status": "completed", "final_test_acc": a, "seed": seed}, [])
-            for seed, a in enumerate(accs)]  # fmt: skip
+    jobs = [Job(Path(f"/x/{label}/{seed}"), {"seed": str(seed)},
+                outcome_from_summary(Path(f"/x/{label}/{seed}"), {"status": "completed", "final_test_acc": a, "seed": seed}),
+                []) for seed, a in enumerate(accs)]  # fmt: skip
     return Variant(label, {}, jobs)
 
 

@@ -41,7 +41,7 @@ def test_default_config_is_lenet5_sgd_onecycle_on_mnist():
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_group_option_composes_and_builds(group, option):
     cfg = to_typed(compose("config", overrides=[f"{group}={option}"]))
-    model = build_model(cfg.model, {"in_channels": 1, "num_classes": 10})
+    model = build_model(cfg.model, in_channels=1, num_classes=10)
     optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
     build_scheduler(optimizer, cfg.scheduler, epochs=cfg.trainer.epochs, steps_per_epoch=10, metrics=["test_loss"])
     loss = build_loss(cfg.loss)

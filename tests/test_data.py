@@ -8,15 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import lenet.core.data as data
-from lenet.core.data import (
-    PREPROCESS_CHUNK,
-    load_dataset,
-    locate_raw,
-    make_synthetic,
-    preprocess,
-    read_idx,
-    resize_matrix,
-)
+import lenet.core.idx as idx
+from lenet.core.data import PREPROCESS_CHUNK, load_dataset, make_synthetic, preprocess, resize_matrix
+from lenet.core.idx import locate_raw, read_idx
 from lenet.core.errors import ConfigError, DataError
 
 from conftest import REAL_DATA, write_idx, write_mnist
@@ -137,7 +131,7 @@ def test_concurrent_jobs_download_once(tmp_path, monkeypatch):
         time.sleep(0.3)  # long enough for the other job to arrive while this one downloads
         write_mnist(root / "MNIST" / "raw", n_train=10, n_test=10)
 
-    monkeypatch.setattr(data, "_download", slow_download)
+    monkeypatch.setattr(idx, "_download", slow_download)
     results = []
     threads = [threading.Thread(target=lambda: results.append(locate_raw(tmp_path, "mnist", True))) for _ in range(3)]
     for t in threads:

@@ -12,15 +12,14 @@ import yaml
 from lenet.tools.compare import compare
 from lenet.run.threads import available_cores
 
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
+from conftest import (
+    REPO, interrupt_after_first_checkpoint, job_summaries, read_json, read_jsonl, run_in_process, run_train,
+    wait_for_first_epoch,
+)  # fmt: skip
 from wandb_records import OfflineRun
 
 SYNTHETIC = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
              "device=cpu", "trainer.epochs=1"]  # fmt: skip
-
-
-def job_summaries(sweep):
-    return [read_json(sweep / str(n) / "summary.json") for n in range(len(list(sweep.glob("*/summary.json"))))]
 
 
 @pytest.mark.slow
@@ -126,23 +125,20 @@ def test_slurm_preset_composes_with_its_defaults(tmp_path):
     assert launcher["timeout_min"] == 60 and launcher["max_num_timeout"] == 3 and launcher["signal_delay_s"] == 120
 
 
-@pytest.mark.slow
-def test_a_requeued_submitit_job_resumes_from_its_checkpoint(tmp_path):
-    args = [sys.executable, str(REPO / "train.py"), *SYNTHETIC[:-1], "data.train_size=2000", "trainer.epochs=3",
-            "hydra.run.dir=job"]  # fmt: skip
-    env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "WANDB_MODE": "offline"}  # as submitit runs a job
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "job" / "metrics.jsonl"
-    wait_for_first_epoch(metrics)
-    proc.send_signal(signal.SIGKILL)  # pre-empted without warning
-    proc.wait(timeout=60)
-    done_before = len(read_jsonl(metrics))
-    assert 1 <= done_before < 3
-    requeued = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-    assert requeued.returncode == 0, requeued.stderr
-    summary = read_json(tmp_path / "job" / "summary.json")
-    assert summary["status"] == "completed" and summary["resumed_from_epoch"] == done_before
-    assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3]
+def test_a_job_its_launcher_may_run_again_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """submitit's launchers tell their jobs so (lenet.run.context); the real requeue is tests/test_slurm.py's."""
+    import lenet.run.context as context
+    from lenet.core.errors import Interrupted
+
+    args = ["data.train_size=256", "trainer.epochs=3"]
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        interrupt_after_first_checkpoint(patch)  # pre-empted after epoch 1
+        run_in_process(tmp_path, "job", *args)
+    monkeypatch.setattr(context, "_context", context.JobContext())
+    context.set_job_context(requeueable=True)
+    summary, _ = run_in_process(tmp_path, "job", *args)  # run again as it was: no trainer.resume
+    assert summary["status"] == "completed" and summary["resumed_from_epoch"] == 1
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "job" / "metrics.jsonl")] == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -245,3 +241,86 @@ def test_hopeless_optuna_trials_are_pruned_after_an_epoch(tmp_path):
         hopeless = float(trial["optimizer.lr"]) < 1e-3  # learns nothing in 3 epochs: 11% after the first
         assert (trial["state"], summary["status"]) == (("pruned", "pruned") if hopeless else ("complete", "completed"))
         assert summary["epochs_completed"] == (1 if hopeless else 3)
+
+
+HYDRA_CALLBACK = """\
+import json
+from hydra.experimental.callback import Callback
+
+
+class RecordStatus(Callback):
+    def on_job_end(self, config, job_return, **kwargs):
+        with open(config.hydra.sweep.dir + "/statuses.jsonl", "a") as f:
+            f.write(json.dumps({"overrides": list(job_return.overrides), "status": job_return.status.name,
+                                "error": str(job_return._return_value) if job_return.status.name == "FAILED" else None}) + "\\n")
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_sweep_job_reaches_hydra_as_failed_and_the_verdict_names_it(tmp_path):
+    (tmp_path / "record_status.py").write_text(HYDRA_CALLBACK)
+    result = run_train("-m", "optimizer.lr=0.05,-1", *SYNTHETIC, "hydra.sweep.dir=sweep",
+                       "+hydra.callbacks.record._target_=record_status.RecordStatus", cwd=tmp_path,
+                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    statuses = read_jsonl(tmp_path / "sweep" / "statuses.jsonl")
+    assert [s["status"] for s in statuses] == ["COMPLETED", "FAILED"]  # what Hydra itself recorded
+    assert statuses[1]["error"] == "failed: optimizer.lr must be a finite number > 0, got -1"
+    assert "  0  optimizer.lr=0.05  completed" in result.stdout and "  1  optimizer.lr=-1  failed  -" in result.stdout
+    assert "error: 1 of 2 jobs did not complete:" in result.stderr and "got -1" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_optuna_objective_and_direction_are_any_summary_key_either_way(tmp_path):
+    pytest.importorskip("optuna")
+    fixed = [a for a in SYNTHETIC if not a.startswith("trainer.batch_size")]
+    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null",
+                       "hydra.sweeper.objective=final_test_loss", "hydra.sweeper.direction=minimize", *fixed,
+                       "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    losses = [s["final_test_loss"] for s in job_summaries(tmp_path / "sweep")]
+    assert results["objective"] == "final_test_loss" and results["best_value"] == min(losses) < max(losses)
+    bad = run_train("-m", "hparams_search=optuna", "hydra.sweeper.objective=test_acc", *fixed,
+                    "hydra.sweep.dir=bad", cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "error: hydra.sweeper.objective must be a summary.json key" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # refused before any trial or folder
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_keep_failing_stops_at_max_failure_rate(tmp_path):
+    pytest.importorskip("optuna")
+    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "optimizer.lr=choice(-1,-2)",
+                       "hydra.sweeper.max_failure_rate=0.5", *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path,
+                       timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    trials = _trials(tmp_path / "sweep")
+    assert [t["state"] for t in trials] == ["fail"]  # the first trial failed: 100% > 50%, nothing more ran
+    assert "the search stopped: 100% of its finished trials failed, more than hydra.sweeper.max_failure_rate=0.5" in (
+        result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_joblib_names_the_processes_launcher_and_refuses_keys_it_does_not_honour(tmp_path):
+    result = run_train("-m", "hydra/launcher=joblib", "+hydra.launcher.backend=loky", "seed=0,1", *SYNTHETIC,
+                       "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "takes n_jobs only, not hydra.launcher.backend: drop it" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_launcher_preset_of_your_own_is_one_yaml(tmp_path):
+    from conftest import doc_block
+
+    (tmp_path / "my_conf" / "hydra" / "launcher").mkdir(parents=True)
+    (tmp_path / "my_conf" / "hydra" / "launcher" / "two_at_a_time.yaml").write_text(
+        doc_block("docs/extending.md", "# my_conf/hydra/launcher/two_at_a_time.yaml")
+    )
+    command = doc_block("docs/extending.md", "python train.py -m hydra/launcher=two_at_a_time").split()
+    overrides = [a.replace("$PWD", str(tmp_path)) for a in command[2:]]
+    result = run_train(*overrides, *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Launching 4 jobs, 2 at a time, each in its own process" in result.stdout + result.stderr
+    assert [s["status"] for s in job_summaries(tmp_path / "sweep")] == ["completed"] * 4

@@ -42,7 +42,7 @@ def mean_max_score(scores, targets):
 @pytest.mark.slow
 def test_metrics_reach_metrics_jsonl_the_summary_and_compare(tmp_path):
     (tmp_path / "my_metrics.py").write_text(MY_METRIC)
-    metrics = "trainer.metrics=[accuracy,top5,per_class_accuracy,my_metrics.mean_max_score]"
+    metrics = "trainer.metrics=[top5,per_class_accuracy,my_metrics.mean_max_score]"
     result = run_train("-m", "pooling=avg,max", metrics, *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path,
                        env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -175,3 +175,30 @@ def test_classic_loss_is_the_papers_eq_9():
     target = torch.tensor([1])
     eq9 = penalties[0, 1] + torch.log(torch.exp(torch.tensor(-5.0)) + torch.exp(-penalties).sum())
     assert loss(-penalties, target).item() == pytest.approx(0.1 * eq9.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
+def test_every_model_takes_the_datas_channels_and_classes_or_refuses_them(name):
+    from lenet.core.models import build_model
+
+    model = build_model({"name": name}, in_channels=1, num_classes=10)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    if name == "lenet5":
+        assert build_model({"name": name}, in_channels=3, num_classes=4)(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+    else:  # its outputs are the ten digits' bitmaps, its input the paper's grayscale
+        with pytest.raises(ConfigError, match="takes 1-channel images in 10 classes.*this data has 3 channels"):
+            build_model({"name": name}, in_channels=3, num_classes=10)
+
+
+def test_a_model_factory_without_the_data_arguments_is_refused_by_its_signature(monkeypatch):
+    import lenet.core.models as models
+    from lenet.core.models import build_model
+
+    def no_data_arguments(width: int = 1):  # would silently build a 1-channel, 10-class network
+        return nn.Linear(width, 10)
+
+    monkeypatch.setitem(models._MODELS, "no_data_arguments", no_data_arguments)
+    with pytest.raises(ConfigError, match="takes no in_channels or num_classes: every model takes"):
+        build_model({"name": "no_data_arguments"}, in_channels=3, num_classes=4)
+    with pytest.raises(ConfigError, match="model.num_classes=12 disagrees with the data"):
+        build_model({"name": "lenet5", "num_classes": 12}, in_channels=1, num_classes=10)

@@ -148,10 +148,10 @@ def sgd():
 def test_a_torch_scheduler_by_target_gets_the_runs_length_only_where_it_takes_it():
     cfg = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": 0.1, "interval": "step"}
     built = build_scheduler(sgd(), cfg, epochs=3, steps_per_epoch=7, metrics=METRICS)
-    assert isinstance(built.scheduler, OneCycleLR) and built.scheduler.total_steps == 21 and built.per_step
+    assert isinstance(built.scheduler, OneCycleLR) and built.scheduler.total_steps == 21 and built.interval == "step"
     step_lr = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2, "interval": "epoch"}
     built = build_scheduler(sgd(), step_lr, epochs=3, steps_per_epoch=7, metrics=METRICS)
-    assert built.per_step is None and built.interval == "epoch"
+    assert built.interval == "epoch"
 
 
 def test_reduce_on_plateau_watches_a_metric_once_per_epoch():

@@ -5,14 +5,9 @@ import csv
 import pytest
 import torch
 
-import lenet.run.job as runner
-from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lenet.tools.compare import compare
-from lenet.core.errors import Interrupted
 
-from conftest import read_json, read_jsonl, run_train
-from test_reliability import compose_config, run_in_process, without_time
-from lenet.run.job import JobInfo, run_job
+from conftest import exact_resume_check, read_json, read_jsonl, run_train
 
 TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
         "device=cpu", "trainer.epochs=1"]  # fmt: skip
@@ -82,35 +77,10 @@ PLATEAU = ["scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau", "sch
            "+scheduler.threshold=10.0"]  # fmt: skip
 
 
-def exact_resume_check(tmp_path, monkeypatch, overrides):
-    """Run ``overrides`` whole, and stopped after epoch 1 then resumed: the metrics and weights must be equal."""
-    full, full_dir = run_in_process(tmp_path, "full", *overrides)
-    save = runner.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):  # a SIGTERM right after epoch 1's checkpoint
-        save(*args, **kwargs)
-        raise Interrupted("SIGTERM")
-
-    monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
-    with pytest.raises(Interrupted):
-        run_in_process(tmp_path, "part", *overrides)
-    monkeypatch.setattr(runner, "save_checkpoint", save)
-    assert len(load_checkpoint(tmp_path / "part" / CHECKPOINT_FILE)["history"]) == 1
-    cfg, record = compose_config(*overrides, "trainer.resume=true")
-    resumed = run_job(cfg, JobInfo(run_dir=tmp_path / "part", cwd=tmp_path), record)
-    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
-    assert without_time(read_jsonl(tmp_path / "part" / "metrics.jsonl")) == without_time(
-        read_jsonl(full_dir / "metrics.jsonl")
-    )
-    w_full, w_part = torch.load(full_dir / "lenet_synthetic.pth"), torch.load(tmp_path / "part" / "lenet_synthetic.pth")
-    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
-    return full, full_dir
-
-
 @pytest.mark.parametrize("scheduler", [STEP_LR, PLATEAU], ids=["StepLR", "ReduceLROnPlateau"])
-def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, monkeypatch, scheduler):
+def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, scheduler):
     overrides = ["scheduler=none", *scheduler, "data.train_size=256", "trainer.epochs=3"]
-    full, full_dir = exact_resume_check(tmp_path, monkeypatch, overrides)
+    full, full_dir = exact_resume_check(tmp_path, overrides)
     lrs = [row["lr"] for row in read_jsonl(full_dir / "metrics.jsonl")]
     assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # halved after each epoch, by both schedulers here
     assert full["scheduler"] == scheduler[0].split("=")[1]  # no choice known in-process: the _target_ names it
@@ -153,14 +123,17 @@ def test_a_model_of_your_own_is_one_module_and_one_yaml_with_its_settings(tmp_pa
 
 @pytest.mark.slow
 def test_a_setting_of_a_registered_model_and_a_loss_setting_from_the_command_line(tmp_path):
-    result = run_train("loss.label_smoothing=0.1", "+model.num_classes=12", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    result = run_train("loss.label_smoothing=0.1", "model.pooling=avg", *TINY, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = read_json(tmp_path / "run" / "summary.json")
-    assert summary["num_params"] == 61_706 + 2 * 85 and summary["loss"] == "cross_entropy"  # two more outputs
+    assert summary["num_params"] == 61_706 and summary["loss"] == "cross_entropy" and summary["pooling"] == "avg"
     wrong = run_train("+model.width=2", *TINY, cwd=tmp_path)
     assert wrong.returncode == 1 and "takes no argument model.width=2 (it takes pooling, num_classes, in_channels)" in (
         wrong.stderr
     )
+    classes = run_train("+model.num_classes=12", *TINY, cwd=tmp_path)  # the data decides the model's outputs
+    assert classes.returncode == 1 and classes.stderr.count("\n") == 1
+    assert "error: model.num_classes=12 disagrees with the data (10)" in classes.stderr
 
 
 TINY_RGB = """\
@@ -212,3 +185,8 @@ def test_a_three_channel_dataset_of_your_own_is_one_loader_and_one_yaml(tmp_path
     assert summary["final_test_acc"] > 0.4  # chance is 0.25: the images and labels reach the model together
     weights = torch.load(tmp_path / "run" / "lenet_tiny_rgb.pth")
     assert weights["conv1.weight"].shape == (6, 3, 5, 5) and weights["fc3.weight"].shape == (4, 84)
+    classic = run_train("data=tiny_rgb", "model=lenet5_classic", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+                        "logger=none", "device=cpu", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert classic.returncode == 1 and classic.stderr.count("\n") == 1, classic.stderr  # refused before any work
+    assert "model=lenet5_classic takes 1-channel images in 10 classes" in classic.stderr
+    assert "this data has 3 channels and 4 classes: use model=lenet5" in classic.stderr

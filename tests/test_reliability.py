@@ -1,6 +1,5 @@
 """Interruptions, resumption, divergence and reproducibility."""
 
-import json
 import os
 import pathlib
 import signal
@@ -10,46 +9,18 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch import nn
 
 import lenet.core.models as models
 from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from lenet.run.config import register_configs, to_typed
 from lenet.core.errors import CheckpointError, ConfigError, DivergedError
-from lenet.run.job import JobInfo, run_job
+from lenet.run.job import JobInfo
+from lenet.run.lifecycle import run_job
 
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
-
-# one thread pinned: runs compared bit for bit must use the same count (the default picks by load)
-SYNTHETIC = ["logger=none", "data=synthetic", "data.test_size=256", "trainer.batch_size=64", "device=cpu",
-             "device.num_threads=1"]  # fmt: skip
-
-
-def compose_config(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[*SYNTHETIC, *overrides])
-    return to_typed(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def run_in_process(tmp_path, name, *overrides):
-    cfg, record = compose_config(*overrides)
-    run_dir = tmp_path / name
-    run_dir.mkdir()
-    return run_job(cfg, JobInfo(run_dir=run_dir, cwd=tmp_path), record), run_dir
-
-
-def as_if_interrupted(run_dir):
-    """Mark a finished run as stopped before its end: resuming it then reads its checkpoint."""
-    summary = read_json(run_dir / "summary.json")
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
-
-
-def without_time(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
+from conftest import (
+    REPO, SYNTHETIC, as_if_interrupted, compose_config, read_json, read_jsonl, run_in_process, run_train,
+    wait_for_first_epoch, without_time,
+)  # fmt: skip
 
 def test_same_seed_gives_bit_identical_results_on_cpu(tmp_path):
     a, dir_a = run_in_process(tmp_path, "a", "data.train_size=512", "trainer.epochs=2")
@@ -124,7 +95,7 @@ class NaNAfter(nn.Module):
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    def nan_model_for_test(pooling="max"):
+    def nan_model_for_test(pooling="max", in_channels=1, num_classes=10):
         return NaNAfter(good_steps=4)  # 256 images / 64 per batch: epoch 1 is good, epoch 2 is not
 
     monkeypatch.setitem(models._MODELS, "nan_model_for_test", nan_model_for_test)
@@ -212,7 +183,7 @@ def test_a_run_leaves_no_temporary_files_and_removes_stale_ones(tmp_path):
 
 
 def test_the_interrupted_message_offers_resume_only_when_a_checkpoint_exists(tmp_path):
-    from lenet.run.job import interrupted_message
+    from lenet.run.entry import interrupted_message
 
     run_dir = tmp_path / "my runs" / "a"
     run_dir.mkdir(parents=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
+from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch, without_time
 
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
 JOB = ["logger=none", "data=synthetic", "data.train_size=12000", "data.test_size=200", "trainer.batch_size=64",
@@ -30,10 +30,6 @@ def slurm(tmp_path_factory):
 
 def _state(job, env):
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True, text=True).stdout
-
-
-def without_time(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
 @pytest.mark.slow

@@ -6,14 +6,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
+from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch, without_time
 
 TINY = ["logger=none", "data=synthetic", "data.train_size=2000", "data.test_size=128", "trainer.batch_size=64",
         "device=cpu", "device.num_threads=1", "trainer.epochs=3"]  # fmt: skip
-
-
-def without_time(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
 @pytest.mark.slow

@@ -5,12 +5,10 @@ import time
 import pytest
 import torch
 
-import lenet.run.job as runner
 import lenet.run.threads as threads
 from lenet.core.errors import Interrupted
-from lenet.run.job import JobInfo, run_job
 
-from test_reliability import compose_config
+from conftest import interrupt_after_first_checkpoint, run_in_process
 
 CPU = torch.device("cpu")
 
@@ -62,19 +60,10 @@ def test_the_real_probe_runs_a_few_steps_and_leaves_the_rng_alone():
 def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
     overrides = ["device.num_threads=null", "data.train_size=256", "trainer.epochs=2"]
     monkeypatch.setattr(threads, "probe_num_threads", lambda budget: (1, {1: 0.001}))
-    save = runner.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        save(*args, **kwargs)
-        raise Interrupted("SIGTERM")
-
-    monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
-    cfg, record = compose_config(*overrides)
-    (tmp_path / "run").mkdir()
+    interrupt_after_first_checkpoint(monkeypatch)
     with pytest.raises(Interrupted):
-        run_job(cfg, JobInfo(run_dir=tmp_path / "run", cwd=tmp_path), record)
-    monkeypatch.setattr(runner, "save_checkpoint", save)
+        run_in_process(tmp_path, "run", *overrides)
+    monkeypatch.undo()
     monkeypatch.setattr(threads, "probe_num_threads", lambda budget: pytest.fail("a resumed run probed again"))
-    cfg, record = compose_config(*overrides, "trainer.resume=true")
-    summary = run_job(cfg, JobInfo(run_dir=tmp_path / "run", cwd=tmp_path), record)
+    summary, _ = run_in_process(tmp_path, "run", *overrides, "trainer.resume=true")
     assert summary["status"] == "completed" and summary["resumed_from_epoch"] == 1 and summary["num_threads"] == 1

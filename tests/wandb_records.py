@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -43,10 +44,16 @@ def _key(item) -> str:
 class OfflineRun:
     """What an offline run recorded: its run record, history rows, summary, config and exit code."""
 
-    def __init__(self, run_dir: Path, run: str = "offline-run-*"):
+    def __init__(self, run_dir: Path, run: str = "offline-run-*", wait: float = 20.0):
         (self.path,) = sorted(run_dir.glob(f"wandb/{run}/run-*.wandb"))
-        self.records = read_records(self.path)
-        kinds = [r.WhichOneof("record_type") for r in self.records]
+        # W&B's service process writes the file; on a busy machine its last records can land after finish returns
+        deadline = time.monotonic() + wait
+        while True:
+            self.records = read_records(self.path)
+            kinds = [r.WhichOneof("record_type") for r in self.records]
+            if {"run", "exit"} <= set(kinds) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         self.kinds = set(kinds)
         self.run = next(r.run for r, k in zip(self.records, kinds) if k == "run")
         self.history = [

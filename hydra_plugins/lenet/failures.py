@@ -1,15 +1,18 @@
-"""A job whose process died: recorded as failed in its own summary.json, and NaN to the sweeper.
+"""A job whose process ended without a result: its outcome as it recorded it, or failed with the reason.
 
-NaN is what the runner returns for a job that failed inside a sweep, so that the others run on and
-the sweep's verdict names it.
+The launchers return for such a job what any job returns (``lenet.run.outcome``): a ``JobReturn`` with
+``JobStatus.COMPLETED`` and its ``Outcome`` when it had recorded that it completed, else
+``JobStatus.FAILED`` with a ``JobFailed`` holding its outcome.
 """
 
-import json
+import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict
+
+from lenet.run.outcome import JobFailed, Outcome, Status, read_outcome, read_summary, write_summary
 
 
 def job_dir(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str]) -> Path:
@@ -20,22 +23,27 @@ def job_dir(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str])
     return Path(str(job_config.hydra.sweep.dir)) / str(OmegaConf.select(job_config, "hydra.sweep.subdir"))
 
 
-def record_failure(folder: Path, overrides: Sequence[str], reason: str) -> None:
-    """Mark the job failed in its summary.json, unless it recorded how it ended itself."""
-    from lenet.run.tracking import SUMMARY_FILE, read_summary, write_atomic
-
+def recorded_or_failed(folder: Path, overrides: Sequence[str], reason: str) -> Outcome:
+    """How the job recorded that it ended (completed, interrupted, ...); else mark it failed for ``reason``."""
+    outcome = read_outcome(folder)
+    if outcome.summary and outcome.status != Status.running:
+        return outcome
     folder.mkdir(parents=True, exist_ok=True)
-    summary = read_summary(folder) or {"final_test_acc": None, "best_test_acc": None}
-    if summary.get("status") in ("completed", "failed", "interrupted"):
-        return
-    summary.update(status="failed", error=reason, overrides=list(overrides))
-    write_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    try:
+        summary = read_summary(folder) or {"final_test_acc": None, "best_test_acc": None, "started_at": now}
+    except Exception:  # unreadable: replaced by what is known
+        summary = {"final_test_acc": None, "best_test_acc": None}
+    summary.update(status=Status.failed, error=reason, overrides=list(overrides), finished_at=now)
+    write_summary(folder, summary)
+    return Outcome(Status.failed, folder, reason, summary)
 
 
 def failed_job(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str], reason: str) -> JobReturn:
-    """Record job ``idx`` as failed for ``reason``; its JobReturn for the sweeper (NaN)."""
+    """The JobReturn of job ``idx``, whose process ended for ``reason`` without returning one."""
     folder = job_dir(hydra_context, config, idx, overrides)
-    record_failure(folder, overrides, reason)
+    outcome = recorded_or_failed(folder, overrides, reason)
     ret = JobReturn(overrides=list(overrides), working_dir=str(folder), task_name="train")
-    ret.status, ret.return_value = JobStatus.COMPLETED, float("nan")
+    ret.status = JobStatus.COMPLETED if outcome.status.ok else JobStatus.FAILED
+    ret.return_value = outcome if outcome.status.ok else JobFailed(outcome)
     return ret

@@ -13,9 +13,13 @@ from typing import Any, Sequence
 
 
 def execute_job(
-    idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, task_function: Any, singleton_state: Any
+    idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, task_function: Any, singleton_state: Any,
+    context: dict,
 ) -> Any:
-    """Compose job ``idx``'s config from the sweep's and run it as Hydra's launchers do."""
+    """Compose job ``idx``'s config from the sweep's and run it as Hydra's launchers do, in ``context``."""
+    from lenet.run.context import set_job_context
+
+    set_job_context(**context)
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import run_job, setup_globals

@@ -1,14 +1,11 @@
 """``python train.py -m ... hydra/launcher=preview``: list the jobs a sweep would run, and check each config.
 
-Nothing runs and no folder is made. Each job's config is composed as the real launcher would compose
+Nothing runs and no folder is made (lenet's sweepers write nothing for a launcher that runs no jobs). Each job's config is composed as the real launcher would compose
 it and validated against the schema, so a typo in one combination shows before the sweep starts.
 """
 
-import contextlib
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
@@ -28,6 +25,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="preview", node=Previe
 
 class PreviewLauncher(Launcher):
     """Prints one line per job: its number, its overrides, and whether its config is valid."""
+
+    runs_jobs = False  # lenet's sweepers then claim no sweep dir and write nothing
 
     def __init__(self) -> None:
         self.config: Optional[DictConfig] = None
@@ -54,24 +53,8 @@ class PreviewLauncher(Launcher):
                 self.invalid += 1
                 verdict = f"  <- invalid: {str(e).strip().splitlines()[0]}"
             print(f"#{initial_job_idx + offset}: {' '.join(overrides) or '(no overrides)'}{verdict}")
-        _remove_sweep_dir(Path(self.config.hydra.sweep.dir))
         if self.invalid:
             print(f"error: {self.invalid} of {len(job_overrides)} jobs have an invalid config", file=sys.stderr)
             raise SystemExit(1)
         print(f"{len(job_overrides)} jobs; run them without hydra/launcher=preview")
         return []
-
-
-def _remove_sweep_dir(sweep_dir: Path) -> None:
-    """Hydra wrote multirun.yaml into the sweep dir before launching: take it and the empty folders away."""
-    if not sweep_dir.is_dir() or {p.name for p in sweep_dir.iterdir()} - {"multirun.yaml"}:
-        return
-    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
-    cwd = Path(os.getcwd()).resolve()
-    for folder in (sweep_dir.resolve(), *sweep_dir.resolve().parents):
-        if folder == cwd or cwd.is_relative_to(folder):
-            break
-        with contextlib.suppress(OSError):  # not empty: another sweep lives there
-            folder.rmdir()
-            continue
-        break

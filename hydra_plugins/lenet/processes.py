@@ -28,6 +28,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from hydra_plugins.lenet.failures import failed_job
+from lenet.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
@@ -54,9 +55,12 @@ def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when t
 class ProcessesLauncher(Launcher):
     """Runs each job in its own process, ``n_jobs`` at a time."""
 
-    def __init__(self, n_jobs: int = -1, **joblib_keys: Any) -> None:
-        # joblib_keys: hydra-joblib-launcher's other keys, when that plugin is installed beside (its schema
-        # is merged into the option of the same name); they have no meaning here
+    def __init__(self, n_jobs: int = -1, **unknown: Any) -> None:
+        if unknown:  # hydra/launcher=joblib names this launcher: joblib's own keys would do nothing here
+            raise ConfigError(
+                f"the processes launcher (hydra/launcher=processes, alias joblib) takes n_jobs only, not "
+                f"{', '.join(f'hydra.launcher.{k}' for k in unknown)}: drop it"
+            )
         self.n_jobs = n_jobs
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -76,6 +80,8 @@ class ProcessesLauncher(Launcher):
         slots = (os.cpu_count() or 1) if self.n_jobs < 0 else max(1, self.n_jobs)
         log.info(f"Launching {len(job_overrides)} jobs, {slots} at a time, each in its own process, in {sweep_dir}")
         state = Singleton.get_state()
+        # the jobs share the cores; a signal to the sweep reaches them through it (passed on below)
+        context = {"parallel_jobs": slots, "sweep_handles_signals": True}
         waiting = list(enumerate(job_overrides, start=initial_job_idx))
         running: dict[int, tuple[subprocess.Popen, Path, Sequence[str]]] = {}
         results: dict[int, JobReturn] = {}
@@ -93,7 +99,8 @@ class ProcessesLauncher(Launcher):
                     with open(job_file, "wb") as f:
                         cloudpickle.dump(
                             {"idx": idx, "overrides": list(overrides), "hydra_context": self.hydra_context,
-                             "config": self.config, "task_function": self.task_function, "singleton_state": state},
+                             "config": self.config, "task_function": self.task_function, "singleton_state": state,
+                             "context": context},
                             f,
                         )  # fmt: skip
                     process = subprocess.Popen(

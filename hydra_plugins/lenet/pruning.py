@@ -1,19 +1,19 @@
-"""Pruning a trial of lenet's Optuna search from its per-epoch accuracy, in the trial's own job.
+"""Pruning a trial of lenet's Optuna search: a callback the sweeper hands to each trial's job.
 
-The job reports each epoch's test accuracy to the study (through its storage, the SQLite file in the
-sweep dir) and asks the study's pruner whether to go on; a pruned job ends with ``status: pruned``
-and the sweeper tells the study so.
+The sweeper adds ``+callbacks.optuna_pruning={_target_: hydra_plugins.lenet.pruning.OptunaPruning, ...}`` to
+a trial's overrides, naming its study, storage and trial. After each epoch the callback reports the
+watched value to the study and asks the study's pruner whether to go on; a pruned trial ends after
+that epoch (recorded and checkpointed) with ``status: pruned``, which the sweeper tells the study.
 """
-
-from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Dict, Optional
+
+from lenet.core.errors import Pruned
+from lenet.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
-
-Reporter = Callable[[int, float], bool]  # (epoch, value) -> whether to stop the trial now
 STUDY_FILE = "optuna.db"  # the study's SQLite file in the sweep dir, unless hydra.sweeper.storage names another
 
 
@@ -22,29 +22,38 @@ def study_storage(storage: Optional[str], sweep_dir: Path) -> str:
     return storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
 
 
-def trial_reporter(sweeper: Optional[Mapping[str, Any]], trial_number: int, sweep_dir: Path) -> Optional[Reporter]:
-    """For a job of lenet's Optuna search with a pruner: its reporter; otherwise None."""
-    if not sweeper or not str(sweeper.get("_target_", "")).endswith("OptunaSweeper") or not sweeper.get("pruner"):
-        return None
-    import optuna
-    from hydra.utils import instantiate
+class OptunaPruning(Callback):
+    """Reports ``monitor`` of each epoch's row to trial ``trial`` of the study; stops the run when it is pruned."""
 
-    storage = study_storage(sweeper.get("storage"), sweep_dir)
-    try:
-        study = optuna.load_study(
-            study_name=sweeper["study_name"], storage=storage, pruner=instantiate(sweeper["pruner"])
-        )
-        trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False) if t.number == trial_number]
-    except Exception as e:  # the trial still runs to its end: pruning only saves time
-        log.warning("trial %d cannot reach its study (%s: %s): it is not pruned", trial_number, type(e).__name__, e)
-        return None
-    if not trial_ids:
-        log.warning("trial %d is not in study %s: it is not pruned", trial_number, sweeper["study_name"])
-        return None
-    trial = optuna.trial.Trial(study, trial_ids[0])
+    def __init__(self, study_name: str, storage: str, trial: int, pruner: Any, monitor: str = "test_acc"):
+        # pruner: an optuna pruner, which Hydra builds from the node the sweeper passes
+        self.study_name, self.storage, self.number, self.pruner = study_name, storage, trial, pruner
+        self.monitor = monitor
+        self.trial: Any = None
+        self.pruned: Optional[str] = None
 
-    def report(epoch: int, value: float) -> bool:
-        trial.report(value, epoch)
-        return trial.should_prune()
+    def on_fit_start(self, run: Any) -> None:
+        import optuna
 
-    return report
+        try:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage, pruner=self.pruner)
+            trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False) if t.number == self.number]
+        except Exception as e:  # the trial still runs to its end: pruning only saves time
+            log.warning("trial %d cannot reach its study (%s: %s): it is not pruned", self.number, type(e).__name__, e)
+            return
+        if not trial_ids:
+            log.warning("trial %d is not in study %s: it is not pruned", self.number, self.study_name)
+            return
+        self.trial = optuna.trial.Trial(study, trial_ids[0])
+
+    def on_epoch_end(self, run: Any, row: Dict[str, Any]) -> None:
+        if self.trial is None or row["epoch"] >= run.config["trainer"]["epochs"]:  # the last epoch: it completed
+            return
+        self.trial.report(float(row[self.monitor]), row["epoch"])
+        if self.trial.should_prune():
+            self.pruned = f"pruned by the Optuna search after epoch {row['epoch']} ({self.monitor} {row[self.monitor]:.4g})"
+            run.request_stop(self.pruned)
+
+    def on_fit_end(self, run: Any, summary: Dict[str, Any]) -> None:
+        if self.pruned is not None:
+            raise Pruned(self.pruned)

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class _JobByJob(BaseSubmititLauncher):
+    parallel_jobs = 1  # jobs of the sweep sharing one machine's cores: one per SLURM allocation
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """In the job's process: tell the job how it runs, then run it as the plugin does."""
+        from lenet.run.context import set_job_context
+
+        # submitit handles SIGTERM/SIGUSR2 itself, and runs a timed-out or pre-empted job again
+        set_job_context(parallel_jobs=self.parallel_jobs, requeueable=True, launcher_handles_signals=True)
+        return super().__call__(*args, **kwargs)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As the plugin's ``launch`` (submit the array, wait), collecting each job's result on its own."""
         import submitit
@@ -63,6 +73,11 @@ class _JobByJob(BaseSubmititLauncher):
 
 class LocalLauncher(_JobByJob):
     _EXECUTOR = "local"
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """As the plugin's, the jobs sharing this machine's cores."""
+        self.parallel_jobs = max(1, min(len(job_overrides), int(self.params.get("array_parallelism") or 1)))
+        return super().launch(job_overrides, initial_job_idx)
 
 
 class SlurmLauncher(_JobByJob):

@@ -54,9 +54,14 @@ def shorten_hydra_errors() -> None:
     def run_and_report(func):  # type: ignore[no-untyped-def]
         try:
             return func()
-        except (CompactHydraException, OverrideParseException) as e:
+        except (CompactHydraException, OverrideParseException, UserError) as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
+            if isinstance(e.__cause__, UserError):  # raised by one of ours that Hydra instantiated
+                e = e.__cause__
+            if isinstance(e, UserError):
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
             cause = f"; {str(e.__cause__).splitlines()[0]}" if e.__cause__ is not None and str(e.__cause__) else ""
             print(f"error: {one_line(str(e))}{cause}", file=sys.stderr)
             sys.exit(1)

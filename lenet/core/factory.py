@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from typing import Any, Callable, Mapping
 
 from lenet.core.errors import ConfigError
@@ -35,13 +34,20 @@ def bind(node: Mapping[str, Any], key: str, reserved: tuple[str, ...] = ()) -> f
 
 def accepted_arguments(fn: Callable) -> tuple[list[str], bool]:
     """Names of the keyword arguments ``fn`` takes (a class: its ``__init__``), and whether it takes ``**kwargs``."""
-    try:
-        parameters = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # some builtins have no signature
+    signature = _signature(fn)
+    if signature is None:  # some builtins have no signature
         return [], True
+    parameters = list(signature.parameters.values())
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     any_keyword = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
     return [p.name for p in parameters if p.kind in kinds], any_keyword
+
+
+def _signature(fn: Callable) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
 
 
 def target_name(fn: Callable) -> str:
@@ -53,29 +59,37 @@ def target_name(fn: Callable) -> str:
 def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, Any] | None = None) -> Any:
     """``bound(*args, **offered)``, offering only what it accepts and its config does not set.
 
-    A ``TypeError`` or ``ValueError`` raised by the call (an argument it does not take, a value it
-    refuses) becomes a ConfigError naming ``key``'s arguments.
+    The arguments are checked against the callable's signature first (``bind_partial``): one it does not
+    take, or a required one missing, is a ConfigError naming ``key``'s keys. A ``TypeError`` or
+    ``ValueError`` raised by the call itself (a value it refuses) is one too.
     """
     accepted, any_keyword = accepted_arguments(bound.func)
     name = target_name(bound)
-    unknown = [] if any_keyword else [k for k in bound.keywords if k not in accepted]
-    if unknown:
-        drop = " ".join(f"'~{key}.{k}'" for k in unknown)
-        raise ConfigError(
-            f"{name} takes no argument {', '.join(f'{key}.{k}={bound.keywords[k]!r}' for k in unknown)} "
-            f"(it takes {', '.join(accepted[len(args) :])}); "
-            f"drop it with {drop} or choose an option whose keys fit"
-        )
-    extra = {k: v for k, v in (offered or {}).items() if k in accepted and k not in bound.keywords}
+    extra = {k: v for k, v in (offered or {}).items() if (k in accepted or any_keyword) and k not in bound.keywords}
+    signature = _signature(bound.func)
+    if signature is not None:
+        try:
+            arguments = signature.bind_partial(*bound.args, *args, **bound.keywords, **extra).arguments
+        except TypeError as e:
+            unknown = [k for k in bound.keywords if k not in accepted]
+            if not unknown:  # too many positional arguments: not the config's doing
+                raise ConfigError(f"{key}._target_={name} cannot be called as a {key} ({e})") from None
+            drop = " ".join(f"'~{key}.{k}'" for k in unknown)
+            raise ConfigError(
+                f"{name} takes no argument {', '.join(f'{key}.{k}={bound.keywords[k]!r}' for k in unknown)} "
+                f"(it takes {', '.join(accepted[len(args) :])}); "
+                f"drop it with {drop} or choose an option whose keys fit"
+            ) from None
+        missing = [p.name for p in signature.parameters.values()
+                   if p.default is inspect.Parameter.empty and p.name not in arguments
+                   and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]  # fmt: skip
+        if missing:
+            raise ConfigError(
+                f"{name} needs {' and '.join(f'{key}.{n}' for n in missing)}: add it with +{key}.{missing[0]}=VALUE"
+            )
     try:
         return bound(*args, **extra)
     except (TypeError, ValueError) as e:
-        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$", str(e))
-        if isinstance(e, TypeError) and missing:
-            names = [n.strip(" '") for n in re.split(r", | and ", missing.group(1))]
-            raise ConfigError(
-                f"{name} needs {' and '.join(f'{key}.{n}' for n in names)}: add it with +{key}.{names[0]}=VALUE"
-            ) from None
         settings = ", ".join(f"{k}={v!r}" for k, v in bound.keywords.items())
         raise ConfigError(
             f"{key} {name} refused its arguments ({settings}): {e}; fix it with {key}.KEY=VALUE"

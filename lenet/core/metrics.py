@@ -3,7 +3,8 @@
 A metric is one function ``(scores (N, C), targets (N,)) -> float`` or ``-> dict[str, float]`` (several
 values, e.g. one per class), registered with ``@register_metric`` or named by its dotted import path
 (``my_pkg.metrics.f1``). Its values land in ``metrics.jsonl`` as ``test_<name>`` (``test_<name>_<key>``
-for a dict), in ``summary.json`` as ``final_test_<name>...`` and in every logger.
+for a dict), in ``summary.json`` as ``final_test_<name>...`` and in every logger. ``accuracy`` is
+always computed (as ``test_acc``); ``trainer.metrics`` lists the others.
 """
 
 from __future__ import annotations
@@ -40,9 +41,22 @@ def get_metric(name: str) -> Metric:
     )
 
 
+ALWAYS = "accuracy"  # every run records it, as test_acc
+_KEYS = {ALWAYS: "test_acc"}
+
+
 def metric_key(name: str) -> str:
-    """The metrics.jsonl key of metric ``name`` (a dotted path's last part): ``test_<name>``."""
-    return f"test_{name.rsplit('.', 1)[-1]}"
+    """The metrics.jsonl key of metric ``name`` (a dotted path's last part): ``test_<name>``; ``test_acc`` for accuracy."""
+    return _KEYS.get(name) or f"test_{name.rsplit('.', 1)[-1]}"
+
+
+def build_metrics(names: list[str]) -> dict[str, Metric]:
+    """Accuracy and the metrics ``names`` lists, in that order; listing accuracy itself is a ConfigError."""
+    if ALWAYS in names:
+        raise ConfigError(
+            f"trainer.metrics lists {ALWAYS}, which every run records as test_acc: list only the others, e.g. [top5]"
+        )
+    return {ALWAYS: get_metric(ALWAYS), **{name: get_metric(name) for name in names}}
 
 
 def compute(metrics: dict[str, Metric], scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -60,7 +74,7 @@ def compute(metrics: dict[str, Metric], scores: torch.Tensor, targets: torch.Ten
 @register_metric
 def accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of the images whose highest score is their class (``test_acc``, always recorded)."""
-    return (scores.argmax(dim=1) == targets).float().mean().item()
+    return (scores.argmax(dim=1) == targets).sum().item() / len(targets)  # exact: a count over the count
 
 
 @register_metric

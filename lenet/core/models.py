@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet.core.errors import ConfigError
-from lenet.core.factory import bind, call
+from lenet.core.factory import accepted_arguments, bind, call, target_name
 from lenet.core.registry import register
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -44,20 +44,38 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return _lookup(_MODELS, "model", name)(**kwargs)
 
 
-def build_model(cfg: Mapping[str, Any], offered: Mapping[str, Any]) -> nn.Module:
-    """The model that ``cfg`` names, by registry ``name`` or by ``_target_``; its other keys go to the factory.
+DATA_ARGUMENTS = ("in_channels", "num_classes")  # every model takes them (timm's convention); the data decides them
 
-    ``offered`` (what the data decides: ``in_channels``, ``num_classes``) goes to a factory that
-    takes it, unless the config sets it. A key the factory does not take is a ConfigError.
+
+def build_model(cfg: Mapping[str, Any], in_channels: int, num_classes: int) -> nn.Module:
+    """The model that ``cfg`` names, by registry ``name`` or by ``_target_``, for the data's channels and classes.
+
+    The config's other keys go to the factory. Every factory takes ``in_channels`` and ``num_classes``;
+    one that does not, a config that sets them otherwise than the data, a key the factory does not take,
+    or a model that cannot serve the data (raising ConfigError) end in one ConfigError line.
     """
     if ("name" in cfg) == ("_target_" in cfg):
         raise ConfigError("model needs either name (a registered model: " + ", ".join(list_models()) + ") or _target_")
+    data = {"in_channels": in_channels, "num_classes": num_classes}
+    for key, value in data.items():
+        if key in cfg and cfg[key] != value:
+            raise ConfigError(
+                f"model.{key}={cfg[key]} disagrees with the data ({value}): the data decides it; "
+                f"drop '~model.{key}'" + (" or set data.num_classes" if key == "num_classes" else "")
+            )
     if "_target_" in cfg:
         bound = bind(cfg, "model")
     else:
         settings = {k: v for k, v in cfg.items() if k != "name"}
         bound = functools.partial(_lookup(_MODELS, "model", cfg["name"]), **settings)
-    return call(bound, "model", offered=offered)
+    accepted, any_keyword = accepted_arguments(bound.func)
+    missing = [key for key in DATA_ARGUMENTS if key not in accepted and not any_keyword]
+    if missing:
+        raise ConfigError(
+            f"model {target_name(bound)} takes no {' or '.join(missing)}: every model takes in_channels and "
+            "num_classes (the data's), so that it fits any dataset or refuses it"
+        )
+    return call(bound, "model", offered=data)
 
 
 def register_pooling(fn: Callable[[int, nn.Module], nn.Module]) -> Callable:
@@ -274,6 +292,15 @@ class LeNet5Classic(nn.Module):
 
 
 @register_model
-def lenet5_classic(pooling: str = "subsample") -> LeNet5Classic:
-    """LeNet-5 of LeCun et al. (1998): 60,000 trainable parameters with trainable subsampling."""
+def lenet5_classic(pooling: str = "subsample", in_channels: int = 1, num_classes: int = 10) -> LeNet5Classic:
+    """LeNet-5 of LeCun et al. (1998): 60,000 trainable parameters with trainable subsampling.
+
+    It reads grayscale images into ten classes (its RBF outputs are the ten digits' bitmaps): other data is refused.
+    """
+    if (in_channels, num_classes) != (1, 10):
+        raise ConfigError(
+            f"model=lenet5_classic takes 1-channel images in 10 classes (its outputs are the ten digits' bitmaps); "
+            f"this data has {in_channels} channel{'s' * (in_channels != 1)} and {num_classes} classes: "
+            "use model=lenet5"
+        )
     return LeNet5Classic(pooling=pooling)

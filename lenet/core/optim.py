@@ -68,10 +68,10 @@ class Scheduler:
         else:
             self.scheduler.step()
 
-    @property
-    def per_step(self) -> Optional[Any]:
-        """The scheduler when it steps after every optimizer step, else None."""
-        return self.scheduler if self.interval == "step" else None
+    def step_batch(self) -> None:
+        """Step after an optimizer step, when the scheduler steps per step."""
+        if self.interval == "step":
+            self.scheduler.step()
 
 
 def build_scheduler(

@@ -1,48 +1,42 @@
-"""Atomic per-epoch checkpoints: everything needed to continue a run bit for bit."""
+"""Per-epoch checkpoints: the run's whole ``TrainState``, written atomically, read back without running code."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
-from lenet.run.config import changed_keys
 from lenet.core.errors import CheckpointError, ConfigError
-from lenet.run.tracking import atomic_file
+from lenet.run.config import changed_keys
+from lenet.run.files import atomic_file
+from lenet.train.callbacks import Callback
+from lenet.train.state import TrainState
 
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def save_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-    history: list[dict[str, Any]],
-    config: dict[str, Any],
-    wall_seconds: float,
-    num_threads: int,
-) -> None:
-    """Write the training state to ``path`` through a temporary file and a rename, so a crash leaves the old one."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(generator),
-        "history": history,
-        "config": config,
-        "wall_seconds": wall_seconds,
-        "num_threads": num_threads,  # CPU results depend on it: a resumed run takes it again
-    }
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
-
-
+# the state's own keys (step, epoch, callbacks, stop_reason: read with defaults from older checkpoints) and ours
 CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "history": list, "config": dict,
                    "wall_seconds": (int, float)}  # fmt: skip
+
+
+class Checkpointing(Callback):
+    """After every epoch, the state of the run (and the config and thread count it depends on) in one file."""
+
+    def __init__(self, path: Path, config: dict[str, Any], num_threads: int, wall_seconds_before: float = 0.0):
+        self.path, self.config, self.num_threads = path, config, num_threads
+        self.wall_seconds_before = wall_seconds_before
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
+        state = {
+            **run.state_dict(),
+            "config": self.config,
+            "wall_seconds": self.wall_seconds_before + time.perf_counter() - self.started,
+            "num_threads": self.num_threads,  # CPU results depend on it: a resumed run takes it again
+        }
+        with atomic_file(self.path) as tmp:  # a crash leaves the previous checkpoint
+            torch.save(state, tmp)
 
 
 def _unusable(path: Path, why: str) -> CheckpointError:
@@ -72,22 +66,6 @@ def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
     return state
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """The random-number states that decide what happens next in training."""
-    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Restore what ``rng_state`` saved."""
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def check_config(checkpoint: dict[str, Any], path: Path, config: dict[str, Any], ignore: tuple[str, ...]) -> None:
     """Raise ConfigError naming the keys (those under ``ignore`` aside) whose values differ from the checkpoint's."""
     changed = changed_keys(checkpoint["config"], config, ignore)
@@ -98,27 +76,12 @@ def check_config(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
         )
 
 
-def restore(
-    checkpoint: dict[str, Any],
-    path: Path,
-    config: dict[str, Any],
-    ignore: tuple[str, ...],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-) -> tuple[list[dict[str, Any]], float]:
-    """Load a checkpoint's states into the training objects; return its history and wall seconds.
-
-    A checkpoint made with another config (keys under ``ignore`` aside) is refused with ConfigError.
-    """
+def restore(run: TrainState, checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
+            ignore: tuple[str, ...]) -> None:  # fmt: skip
+    """Continue ``run`` from ``checkpoint``; one made with another config (keys under ``ignore`` aside) is refused."""
     check_config(checkpoint, path, config, ignore)
     try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])  # its step count places the lr schedule
-        set_rng_state(checkpoint["rng"], generator)
+        run.load_state_dict(checkpoint)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         reason = " ".join(str(e).split())[:300]
         raise _unusable(path, f"its saved state does not fit this model and optimizer ({type(e).__name__}: {reason})")
-    return checkpoint["history"], checkpoint["wall_seconds"]

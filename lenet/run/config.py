@@ -22,7 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet.core.errors import ConfigError
 
-
 MAX_GENERATED_IMAGES = 1_000_000  # data.train_size/test_size: about 5 KB of memory each, once preprocessed
 
 
@@ -104,7 +103,7 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC memory format for the model's activations
     resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
     progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal
-    metrics: List[str] = field(default_factory=lambda: ["accuracy"])  # lenet.core.metrics names or dotted paths
+    metrics: List[str] = field(default_factory=list)  # beyond test_acc: lenet.core.metrics names or dotted paths
 
 
 @dataclass
@@ -117,6 +116,7 @@ class Config:
     data: DataConfig = MISSING
     device: DeviceConfig = MISSING
     logger: Dict[str, Any] = field(default_factory=dict)  # name -> a logger's node (_target_ and its arguments)
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> a callback's node: variants of the loop
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
 

@@ -5,7 +5,6 @@ Called from the Hydra callback before Hydra writes a run's ``.hydra/`` files, so
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -30,8 +29,7 @@ def claim_run_dir(config: DictConfig) -> None:
     run continues it (trainer.resume=true) with the config it was made with.
     """
     run_dir = Path(config.hydra.run.dir)
-    # a job that submitit runs again after a time-out or pre-emption continues its run, as trainer.resume does
-    if OmegaConf.select(config, "trainer.resume", default=False) or "SUBMITIT_EXECUTOR" in os.environ:
+    if OmegaConf.select(config, "trainer.resume", default=False):
         _check_resumable(config, run_dir)
         return
     if _dated(config.hydra.run):
@@ -105,7 +103,7 @@ def claim_sweep_dir(config: DictConfig, definition: list[str]) -> None:
     With trainer.resume=true the sweep continues the one in its dir, job by job, if ``definition`` (its
     overrides and search space) is that sweep's; another one is refused, naming what differs.
     """
-    from lenet.run.sweep_dir import read_sweep_definition, split_override, sweep_jobs
+    from lenet.run.sweep_dir import override_value, read_sweep_definition, split_override, sweep_jobs
 
     sweep_dir = Path(config.hydra.sweep.dir)
     if OmegaConf.select(config, "trainer.resume", default=False):
@@ -123,16 +121,9 @@ def claim_sweep_dir(config: DictConfig, definition: list[str]) -> None:
         claimed = _move_if_taken(config.hydra.sweep)
         if claimed is not None:  # the launcher composes each job's config again from these overrides
             with read_write(config.hydra.overrides):
-                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(claimed))}")
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={override_value(str(claimed))}")
     elif sweep_dir.is_dir() and sweep_jobs(sweep_dir):
         _refuse(
             f"{sweep_dir} already holds a sweep ({len(sweep_jobs(sweep_dir))} jobs); choose another "
             "hydra.sweep.dir, or delete that folder to start over there"
         )
-
-
-def _quoted(value: str) -> str:
-    """``value`` as a Hydra override value: quoted when it holds characters the override grammar reads."""
-    if all(c.isalnum() or c in "/._-" for c in value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

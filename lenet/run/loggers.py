@@ -19,9 +19,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from lenet.run import signals
 from lenet.core.errors import ConfigError, Interrupted, UserError
 from lenet.core.factory import bind, call
+from lenet.run import signals
 
 log = logging.getLogger(__name__)
 

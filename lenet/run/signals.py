@@ -16,6 +16,7 @@ import threading
 from typing import Any, Iterator, Optional
 
 from lenet.core.errors import Interrupted
+from lenet.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,35 @@ def pending_name() -> Optional[str]:
     return None if pending is None else signal.Signals(pending).name
 
 
-class SignalStop:
-    """While a job runs: SIGINT/SIGTERM recorded as a request to stop; calling it names the signal, if any."""
+def raise_if_pending() -> None:
+    """Raise Interrupted when a signal is pending: one received before a job started stops it at once."""
+    if pending is not None:
+        raise Interrupted(signal.Signals(pending).name)
 
-    def __init__(self) -> None:
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "SignalStop":
-        if _installable():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, _record)
-        return self
+class StopOnSignal(Callback):
+    """The harness's callback: a pending SIGINT or SIGTERM stops the run at the next step boundary."""
 
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
+    def on_fit_start(self, run: Any) -> None:
+        raise_if_pending()
+
+    def on_epoch_start(self, run: Any) -> None:
+        raise_if_pending()
+
+    def on_step_end(self, run: Any, loss: Any) -> None:
+        if pending is not None:
+            raise Interrupted(signal.Signals(pending).name)
+
+
+@contextlib.contextmanager
+def recorded() -> Iterator[None]:
+    """While a job runs: SIGINT and SIGTERM are recorded as requests to stop (whatever was installed meanwhile)."""
+    previous = {}
+    if _installable():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _record)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-    def __call__(self) -> Optional[str]:
-        return pending_name()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 SWEEP_FILE = "sweep.json"
 
@@ -64,3 +64,22 @@ def job_label(overrides: list[str], swept: Optional[list[str]]) -> str:
     """What sets a job apart in its sweep, e.g. ``pooling=avg,seed=1``; all overrides when unknown."""
     chosen = [o for o in overrides if swept is None or split_override(o)[0] in swept]
     return ",".join(chosen)
+
+
+def override_value(value: Any) -> str:
+    """``value`` (a string, number, bool, None, list or dict) written in Hydra's override grammar."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    plain = text and all(c.isalnum() or c in "/._-" for c in text) and not text[0].isdigit()
+    if plain and text.lower() not in ("null", "true", "false", "nan", "inf"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

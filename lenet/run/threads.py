@@ -9,12 +9,15 @@ The choice is made once, before training, and recorded; ``device.num_threads=N``
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 PROBE_ROUNDS = 3  # alternations of the candidates
 PROBE_STEPS = 8  # training steps per candidate and round: some of the scheduler's time slices
@@ -105,3 +108,20 @@ def choose_num_threads(pinned: int | None, device: torch.device, parallel_jobs: 
     if device.type != "cpu":
         return budget, {}
     return probe_num_threads(budget)
+
+
+def set_threads(pinned: int | None, saved: int | None, device: torch.device, parallel_jobs: int) -> tuple[int, dict]:
+    """Set torch's CPU threads: a resumed run's own count ``saved`` (its results depend on it), else as chosen.
+
+    Returns the count and the probe's seconds per step (empty when it did not run).
+    """
+    if saved:
+        if pinned and pinned != saved:
+            log.warning(
+                "device.num_threads=%d ignored: the run continues with the %d threads it started with, "
+                "whose results it would otherwise not repeat", pinned, saved,
+            )  # fmt: skip
+        pinned = saved
+    num_threads, probe = choose_num_threads(pinned, device, parallel_jobs)
+    torch.set_num_threads(num_threads)
+    return num_threads, probe

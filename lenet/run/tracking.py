@@ -1,66 +1,27 @@
-"""Where a run's results go: local files in the run dir (always) and the configured loggers (``lenet.run.loggers``).
+"""Where a run's results go: ``metrics.jsonl``, the final weights and ``summary.json`` in its dir, and its loggers.
 
-``metrics.jsonl`` (one JSON object per epoch) and ``summary.json`` are rewritten whole through a
-temporary file and a rename, so a crash never leaves a half-written or duplicated line.
+``Tracking`` is the callback the harness adds to every run. ``metrics.jsonl`` (one JSON object per
+epoch) is rewritten whole through a temporary file and a rename, so a crash never leaves a half-written
+or duplicated line; the summary is written through ``lenet.run.outcome``, its owner.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
+import logging
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
+import torch
+
+from lenet.run.files import atomic_file, write_atomic
 from lenet.run.loggers import Loggers
+from lenet.run.outcome import write_summary
+from lenet.train.callbacks import Callback
+from lenet.train.state import TrainState
 
+log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
-        _fsync(Path(tmp))  # the data on disk before the rename makes it visible
-        os.replace(tmp, path)
-        _fsync(path.parent)  # and the rename itself, so a power cut keeps the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # folders cannot be opened on every OS (Windows); nothing to sync there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on folders
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files that ``atomic_file`` left in ``folder`` when a process died before its rename."""
-    for tmp in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a part."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -71,39 +32,50 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The run's summary.json, or None when there is none."""
-    path = run_dir / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+def weights_file(run_dir: Path, dataset: str) -> Path:
+    """Where a run's final weights go: ``lenet_<dataset>.pth``."""
+    return run_dir / f"lenet_{dataset}.pth"
 
 
-class Tracker:
-    """Records one run: metrics and summary files in its dir, passed on to its loggers."""
+class Tracking(Callback):
+    """Records one run: each epoch in metrics.jsonl and the loggers, the final weights, and the summary at the end."""
 
-    def __init__(self, run_dir: Path, loggers: Optional[Loggers] = None):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, epochs: int, weights: Path, loggers: Optional[Loggers] = None):
+        self.run_dir, self.epochs, self.weights = run_dir, epochs, weights
         self.loggers = loggers or Loggers()
 
-    def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Write all epochs so far to metrics.jsonl, replacing what it held."""
+    def on_fit_start(self, run: TrainState) -> None:
+        self._write_metrics(run.history)  # a resumed run drops epochs logged after its checkpoint was written
+        self.loggers.resume(run.history)
+
+    def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
+        self._write_metrics(run.history)
+        self.loggers.log_row(row, step=row["epoch"])
+        log.info(
+            "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
+            row["epoch"], self.epochs, row["train_loss"], row["test_loss"], 100 * row["test_acc"], row["lr"],
+            row["seconds"],
+        )  # fmt: skip
+
+    def on_fit_end(self, run: TrainState, summary: dict[str, Any]) -> None:
+        with atomic_file(self.weights) as tmp:  # a crash never leaves a truncated weights file
+            torch.save(run.eval_model.state_dict(), tmp)
+        summary["weights"] = self.weights.name
+        self.loggers.log_file(self.weights, "model")
+        best = max(run.history, key=lambda row: row["test_acc"])
+        of = "" if run.eval_weights == "model" else f" of the {run.eval_weights} weights"
+        early = f"; stopped early: {run.stop_reason}" if run.stop_reason and run.epoch < self.epochs else ""
+        log.info(
+            "done: final test accuracy%s %.2f%% (best %.2f%% in epoch %d)%s; run dir %s; weights %s",
+            of, 100 * run.history[-1]["test_acc"], 100 * best["test_acc"], best["epoch"], early, self.run_dir,
+            self.weights,
+        )  # fmt: skip
+
+    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
         write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
 
-    def log_epoch(self, history: list[dict[str, Any]]) -> None:
-        """Write all epochs so far to metrics.jsonl and pass the newest to the loggers."""
-        self.write_metrics(history)
-        if history:
-            self.loggers.log_row(history[-1], step=history[-1]["epoch"])
-
-    def replay(self, history: list[dict[str, Any]]) -> None:
-        """Pass the epochs a resumed run had finished before to its loggers."""
-        self.loggers.resume(history)
-
-    def log_file(self, path: Path, kind: str) -> None:
-        """Pass a file of the run (``kind`` model: the final weights) to the loggers."""
-        self.loggers.log_file(path, kind)
-
-    def finish(self, summary: dict[str, Any], exit_code: int, write_summary: bool = True) -> None:
+    def finish(self, summary: dict[str, Any], exit_code: int, write: bool = True) -> None:
         """Write summary.json (unless told not to) and finish the loggers, marked failed when ``exit_code`` is not 0."""
-        if write_summary:
-            write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        if write:
+            write_summary(self.run_dir, summary)
         self.loggers.finish(summary, exit_code)

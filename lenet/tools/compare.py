@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 import yaml
 
+from lenet.run.outcome import Outcome, Status, read_outcome
 from lenet.run.sweep_dir import split_override, sweep_jobs
-from lenet.run.tracking import read_metrics, read_summary
+from lenet.run.tracking import read_metrics
 
 SEED_KEY = "seed"
 DEFAULT_METRIC = "test_acc"
@@ -35,16 +36,20 @@ class Job:
 
     path: Path
     overrides: dict[str, str]
-    summary: Optional[dict[str, Any]]
+    outcome: Outcome
     metrics: list[dict[str, Any]]
 
     @property
+    def summary(self) -> Optional[dict[str, Any]]:
+        return dict(self.outcome.summary) or None
+
+    @property
     def status(self) -> str:
-        return self.summary["status"] if self.summary else "no summary.json"
+        return self.outcome.status.value
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        return self.outcome.status == Status.completed
 
     def final(self, key: str) -> Optional[float]:
         """The last epoch's value of metrics.jsonl key ``key`` (the summary's ``final_<key>`` without metrics)."""
@@ -116,7 +121,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for path in sweep_jobs(sweep_dir):
         overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
-        jobs.append(Job(path, dict(map(split_override, overrides)), read_summary(path), read_metrics(path)))
+        jobs.append(Job(path, dict(map(split_override, overrides)), read_outcome(path), read_metrics(path)))
     return jobs
 
 
@@ -385,7 +390,7 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAU
     if failed:
         lines += ["## Jobs that did not complete", ""]
         for job in failed:
-            error = (job.summary or {}).get("error") or "the job ended without recording a result"
+            error = job.outcome.error or "the job ended without recording a result"
             settings = ",".join(f"{k}={v}" for k, v in job.overrides.items())
             lines.append(f"- `{job.path.relative_to(sweep_dir)}` ({settings}): **{job.status}**: {error}")
         lines.append("")

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from lenet.core.data import load_dataset
-from lenet.train.loop import evaluate as evaluate_model
 from lenet.core.errors import UserError
-from lenet.tools.inference import Run, load_run
 from lenet.core.losses import build_loss
-from lenet.core.metrics import get_metric
+from lenet.core.metrics import build_metrics
 from lenet.run.tracking import write_atomic
+from lenet.tools.inference import Run, load_run
+from lenet.train.loop import evaluate as evaluate_model
 
 GRID_COLUMNS = 10
 MAX_SHOWN = 100  # misclassified images in the grid
@@ -50,8 +50,8 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
     )  # fmt: skip
     loss_fn = build_loss(run.cfg.loss)
     with torch.no_grad():
-        result = evaluate_model(run.model, loss_fn, test.images, test.labels, batch_size,
-                                metrics={"per_class_accuracy": get_metric("per_class_accuracy")})  # fmt: skip
+        result = evaluate_model(run.model, loss_fn, test, batch_size,
+                                metrics=build_metrics(["per_class_accuracy"]))  # fmt: skip
         predicted = torch.cat(
             [run.model(test.images[i : i + batch_size]).argmax(1) for i in range(0, len(test), batch_size)]
         ).cpu()

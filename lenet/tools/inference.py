@@ -20,11 +20,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from lenet.run.config import Config, register_configs, to_typed
 from lenet.core.data import preprocess
 from lenet.core.errors import UserError
 from lenet.core.models import build_model
-from lenet.run.tracking import read_summary
+from lenet.run.config import Config, register_configs, to_typed
+from lenet.run.outcome import read_summary
 
 MNIST_BOX = 20  # MNIST's digits were scaled into a 20x20 box, centred in the 28x28 image
 
@@ -77,8 +77,7 @@ def load_run(run_dir: Union[str, Path], device: str = "cpu") -> Run:
     schema = OmegaConf.structured(Config)
     cfg = to_typed(OmegaConf.merge(schema, OmegaConf.load(config_file)))
     torch_device = torch.device(device)
-    offered = {"in_channels": len(cfg.data.mean), "num_classes": cfg.data.num_classes}
-    model = build_model(cfg.model, offered)
+    model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
     state = torch.load(run_dir / summary["weights"], map_location=torch_device, weights_only=True)
     model.load_state_dict(state)
     return Run(run_dir, cfg, summary, model.to(torch_device).eval(), torch_device)

@@ -307,7 +307,7 @@ def test_joblib_names_the_processes_launcher_and_refuses_keys_it_does_not_honour
     result = run_train("-m", "hydra/launcher=joblib", "+hydra.launcher.backend=loky", "seed=0,1", *SYNTHETIC,
                        "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "takes n_jobs only, not hydra.launcher.backend: drop it" in result.stderr
+    assert "takes n_jobs and kill_after, not hydra.launcher.backend: drop it" in result.stderr
 
 
 @pytest.mark.slow

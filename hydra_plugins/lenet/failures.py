@@ -23,8 +23,8 @@ def job_dir(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str])
     return Path(str(job_config.hydra.sweep.dir)) / str(OmegaConf.select(job_config, "hydra.sweep.subdir"))
 
 
-def recorded_or_failed(folder: Path, overrides: Sequence[str], reason: str) -> Outcome:
-    """How the job recorded that it ended (completed, interrupted, ...); else mark it failed for ``reason``."""
+def recorded_or_failed(folder: Path, overrides: Sequence[str], reason: str, status: Status = Status.failed) -> Outcome:
+    """How the job recorded that it ended (completed, interrupted, ...); else record ``status`` for ``reason``."""
     outcome = read_outcome(folder)
     if outcome.summary and outcome.status != Status.running:
         return outcome
@@ -34,15 +34,18 @@ def recorded_or_failed(folder: Path, overrides: Sequence[str], reason: str) -> O
         summary = read_summary(folder) or {"final_test_acc": None, "best_test_acc": None, "started_at": now}
     except Exception:  # unreadable: replaced by what is known
         summary = {"final_test_acc": None, "best_test_acc": None}
-    summary.update(status=Status.failed, error=reason, overrides=list(overrides), finished_at=now)
+    summary.update(status=status, error=reason, overrides=list(overrides), finished_at=now)
     write_summary(folder, summary)
-    return Outcome(Status.failed, folder, reason, summary)
+    return Outcome(status, folder, reason, summary)
 
 
-def failed_job(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str], reason: str) -> JobReturn:
-    """The JobReturn of job ``idx``, whose process ended for ``reason`` without returning one."""
+def failed_job(
+    hydra_context: Any, config: Any, idx: int, overrides: Sequence[str], reason: str, status: Status = Status.failed
+) -> JobReturn:
+    """The JobReturn of job ``idx``, whose process ended for ``reason`` without returning one (``status`` if it
+    recorded nothing itself)."""
     folder = job_dir(hydra_context, config, idx, overrides)
-    outcome = recorded_or_failed(folder, overrides, reason)
+    outcome = recorded_or_failed(folder, overrides, reason, status)
     ret = JobReturn(overrides=list(overrides), working_dir=str(folder), task_name="train")
     ret.status = JobStatus.COMPLETED if outcome.status.ok else JobStatus.FAILED
     ret.return_value = outcome if outcome.status.ok else JobFailed(outcome)

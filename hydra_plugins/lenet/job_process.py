@@ -16,26 +16,17 @@ def execute_job(
     idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, task_function: Any, singleton_state: Any,
     context: dict,
 ) -> Any:
-    """Compose job ``idx``'s config from the sweep's and run it as Hydra's launchers do, in ``context``."""
+    """Compose job ``idx``'s config from the sweep's and run it in the folder it claimed, in ``context``."""
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import setup_globals
+
+    from hydra_plugins.lenet.sweeping import composed_job, run_claimed
     from lenet.run.context import set_job_context
 
     set_job_context(**context)
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.singleton import Singleton
-    from hydra.core.utils import run_job, setup_globals
-    from omegaconf import open_dict
-
     setup_globals()
     Singleton.set_state(singleton_state)
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-        sweep_config.hydra.job.num = idx
-    HydraConfig.instance().set_config(sweep_config)
-    return run_job(
-        hydra_context=hydra_context, config=sweep_config, task_function=task_function,
-        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-    )  # fmt: skip
+    return run_claimed(hydra_context, task_function, composed_job(hydra_context, config, overrides, idx))
 
 
 def main(job_file: str, result_file: str) -> None:

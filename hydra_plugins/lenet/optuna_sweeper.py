@@ -14,11 +14,9 @@ Search space (``hydra.sweeper.params``, or sweep overrides on the command line),
 for a log scale. The sampler and pruner are any Optuna classes, by ``_target_``.
 """
 
-import csv
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -29,15 +27,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.lenet import verdict
-from hydra_plugins.lenet.sweeping import runs_jobs, start_sweep
-from hydra_plugins.lenet.pruning import study_storage
-from lenet.core.errors import ConfigError
+from hydra_plugins.lenet.optuna_study import open_storage, open_study, retrying, sampler, study_storage, write_results
+from hydra_plugins.lenet.sweeping import assign_folders, composed_subdirs, runs_jobs, start_sweep
+from lenet.core.errors import ConfigError, UserError
 from lenet.run.outcome import Status, outcome_of
 from lenet.run.sweep_dir import override_value
 
 log = logging.getLogger(__name__)
-RESULTS_FILE = "optimization_results.yaml"
-TRIALS_FILE = "trials.csv"
 OBJECTIVES = ("final_test_acc", "best_test_acc", "final_test_loss", "best_test_loss", "final_train_loss")
 
 
@@ -109,12 +105,13 @@ class OptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
         self.settings = OptunaSweeperConf(**{k: v for k, v in settings.items() if k != "_target_"})
         self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
-        self.config = config
+        self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -124,10 +121,13 @@ class OptunaSweeper(Sweeper):
         space, fixed = {}, []
         lines = [f"{k}={v}" for k, v in (self.settings.params or {}).items()] + list(arguments)
         for override in parser.parse_overrides(lines):
-            if override.is_sweep_override():
-                space[override.get_key_element()] = distribution(override)
-            else:
+            if not override.is_sweep_override():
                 fixed.append(override.input_line)
+                continue
+            try:
+                space[override.get_key_element()] = distribution(override)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{override.input_line} is not a search space Optuna takes: {e}") from None
         return space, fixed
 
     def _trial_overrides(self, fixed: List[str], trial: Any, storage: str) -> List[str]:
@@ -150,40 +150,53 @@ class OptunaSweeper(Sweeper):
         if not runs_jobs(self.launcher):
             return self._preview(space, fixed)
         sweep_dir = start_sweep(self.config, self.launcher)
-        storage = study_storage(self.settings.storage, sweep_dir)
-        study = optuna.create_study(
-            study_name=self.settings.study_name, storage=storage, direction=self.settings.direction,
-            load_if_exists=True,
-        )  # fmt: skip
+        url = study_storage(self.settings.storage, sweep_dir)
+        resume = bool(OmegaConf.select(self.config, "trainer.resume", default=False))
+        study = open_study(open_storage(url), url, self.settings.study_name, self.settings.direction, space, resume)
+        trials = retrying(url, lambda: study.get_trials(deepcopy=False))
         # a continued search must not draw its first trials' values again: the seed moves on by the trials made
-        study.sampler = _sampler(self.config.hydra.sweeper.sampler, len(study.get_trials(deepcopy=False)))
+        study.sampler = sampler(self.config.hydra.sweeper.sampler, len(trials))
         # trials an earlier run started and never told: run them again (their jobs resume from checkpoints)
-        unfinished = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-        if unfinished:
-            log.info(f"continuing {len(unfinished)} unfinished trials of {self.settings.study_name} in {storage}")
-        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        log.info(f"Optuna {optuna.__version__}: study {self.settings.study_name} in {storage}, "
-                 f"{finished} of {self.settings.n_trials} trials done; space {', '.join(space) or 'empty'}")  # fmt: skip
+        unfinished = [t for t in trials if t.state == TrialState.RUNNING]
+        finished = sum(t.state.is_finished() for t in trials)
+        log.info(f"Optuna {optuna.__version__}: study {self.settings.study_name} in {url}, {finished} of "
+                 f"{self.settings.n_trials} trials done, {len(unfinished)} to continue; space {', '.join(space) or 'empty'}")  # fmt: skip
         returns: List[Any] = []
+        unlaunched: List[str] = []
         while not self._failing(study):
-            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            finished = sum(t.state.is_finished() for t in retrying(url, lambda: study.get_trials(deepcopy=False)))
             budget = self.settings.n_trials - finished - len(unfinished)
-            batch = unfinished[: self.settings.n_jobs]
-            unfinished = unfinished[len(batch) :]
+            batch, unfinished = unfinished[: self.settings.n_jobs], unfinished[self.settings.n_jobs :]
             while len(batch) < self.settings.n_jobs and budget > 0:
-                batch.append(study.ask(space))
+                batch.append(retrying(url, lambda: study.ask(space)))
                 budget -= 1
             if not batch:
                 break
-            # a job's folder is its trial's number, so a continued search never reuses one; the launcher
-            # numbers jobs from initial_job_idx on, hence one launch per run of consecutive trial numbers
-            for run in _consecutive(batch):
-                overrides = [self._trial_overrides(fixed, t, storage) for t in run]
-                for trial, result in zip(run, self.launcher.launch(overrides, initial_job_idx=run[0].number)):
-                    self._tell(study, trial, result)
+            launchable = self._composing(study, url, batch, fixed, unlaunched)
+            if launchable:  # each trial's folder is its number: a continued search never reuses one
+                assigned = assign_folders(sweep_dir, [o for _, o in launchable], [str(t.number) for t, _ in launchable])
+                for (trial, _), result in zip(launchable, self.launcher.launch(assigned, launchable[0][0].number)):
+                    retrying(url, lambda: self._tell(study, trial, result))
                     returns.append(result)
-            self._write_results(study, sweep_dir)
-        verdict.report(sweep_dir, returns, self._stopped_early(study))
+            write_results(study, sweep_dir, self.settings.objective, self.settings.direction)
+        verdict.report(sweep_dir, returns, unlaunched + self._stopped_early(study))
+
+    def _composing(self, study: Any, url: str, batch: List[Any], fixed: List[str], failures: List[str]) -> List[Any]:
+        """The (trial, overrides) of ``batch`` whose config composes; the others are told FAIL, saying why."""
+        from optuna.trial import TrialState
+
+        launchable = []
+        for trial in batch:
+            overrides = self._trial_overrides(fixed, trial, url)
+            try:
+                composed_subdirs(self.hydra_context, self.config, [overrides])
+            except UserError as e:
+                retrying(url, lambda: study.tell(trial.number, state=TrialState.FAIL))
+                log.warning(f"trial {trial.number} failed: {e}; the search goes on")
+                failures.append(f"trial {trial.number}: {e}")
+                continue
+            launchable.append((trial, overrides))
+        return launchable
 
     def _preview(self, space: Dict[str, Any], fixed: List[str]) -> None:
         """What the search would run: its space, and the first trials drawn from it, each config checked."""
@@ -192,7 +205,7 @@ class OptunaSweeper(Sweeper):
         print(f"an Optuna search of {self.settings.n_trials} trials, {self.settings.n_jobs} at a time, "
               f"{self.settings.direction} {self.settings.objective}; space: "
               f"{', '.join(f'{k} {v}' for k, v in space.items()) or 'empty'}")  # fmt: skip
-        study = optuna.create_study(direction=self.settings.direction, sampler=_sampler(self.config.hydra.sweeper.sampler, 0))
+        study = optuna.create_study(direction=self.settings.direction, sampler=sampler(self.config.hydra.sweeper.sampler, 0))
         first = [study.ask(space) for _ in range(min(self.settings.n_jobs, self.settings.n_trials))]
         self.launcher.launch([self._trial_overrides(fixed, t, "sqlite:///PREVIEW") for t in first], initial_job_idx=0)
 
@@ -224,41 +237,6 @@ class OptunaSweeper(Sweeper):
             return []
         return [f"the search stopped: {self._failure_rate(study):.0%} of its finished trials failed, more than "
                 f"hydra.sweeper.max_failure_rate={self.settings.max_failure_rate}"]  # fmt: skip
-
-    def _write_results(self, study: Any, sweep_dir: Path) -> None:
-        from optuna.trial import TrialState
-
-        trials = study.get_trials(deepcopy=False)
-        if any(t.state == TrialState.COMPLETE for t in trials):
-            best = study.best_trial
-            results = {"name": "optuna", "objective": self.settings.objective, "direction": self.settings.direction,
-                       "best_trial": best.number, "best_params": best.params, "best_value": best.value,
-                       "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}}  # fmt: skip
-            OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
-        keys = sorted({k for t in trials for k in t.params})
-        with open(sweep_dir / TRIALS_FILE, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["number", "state", "value", *keys])
-            for t in trials:
-                writer.writerow([t.number, t.state.name.lower(), t.value, *(t.params.get(k) for k in keys)])
-
-
-def _sampler(node: Any, trials_made: int) -> Any:
-    """The sampler of ``node`` (a ``_target_`` node), its ``seed`` advanced by the trials the study holds."""
-    from hydra.utils import instantiate
-
-    seed = OmegaConf.select(node, "seed", default=None)
-    return instantiate(node, seed=seed + trials_made) if seed is not None and trials_made else instantiate(node)
-
-
-def _consecutive(trials: List[Any]) -> List[List[Any]]:
-    runs: List[List[Any]] = []
-    for trial in sorted(trials, key=lambda t: t.number):
-        if runs and trial.number == runs[-1][-1].number + 1:
-            runs[-1].append(trial)
-        else:
-            runs.append([trial])
-    return runs
 
 
 def _override_value(value: Any) -> str:

@@ -7,21 +7,12 @@ that epoch (recorded and checkpointed) with ``status: pruned``, which the sweepe
 """
 
 import logging
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from lenet.core.errors import Pruned
 from lenet.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
-STUDY_FILE = "optuna.db"  # the study's SQLite file in the sweep dir, unless hydra.sweeper.storage names another
-
-
-def study_storage(storage: Optional[str], sweep_dir: Path) -> str:
-    """The Optuna storage URL of a search: the configured one, else the SQLite file in the sweep dir."""
-    return storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
-
-
 class OptunaPruning(Callback):
     """Reports ``monitor`` of each epoch's row to trial ``trial`` of the study; stops the run when it is pruned."""
 

@@ -3,14 +3,19 @@
 The plugin collects results with ``[job.results()[0] for job in jobs]``, so the first job whose
 process died (killed, out of memory, cancelled) ends the sweep in a traceback while the other jobs
 run on unobserved. Here each job's result is collected on its own: a job that died is recorded as
-failed with submitit's reason, and the sweep's verdict names it.
+failed with submitit's reason, and the sweep's verdict names it. A SIGINT or SIGTERM to the sweep
+reaches every job as SIGINT (each stops at its next step and records it); jobs still running 60 s
+later are cancelled, and recorded interrupted.
 """
 
 import logging
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
@@ -21,18 +26,33 @@ from omegaconf import OmegaConf
 from hydra_plugins.lenet.failures import failed_job
 
 log = logging.getLogger(__name__)
+POLL_SECONDS = 0.5
 
 
 class _JobByJob(BaseSubmititLauncher):
     parallel_jobs = 1  # jobs of the sweep sharing one machine's cores: one per SLURM allocation
+    kill_after = 60.0  # seconds the jobs have to stop after a signal to the sweep before they are cancelled
 
-    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
-        """In the job's process: tell the job how it runs, then run it as the plugin does."""
+    def __call__(
+        self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
+    ) -> JobReturn:
+        """In the job's process: tell the job how it runs, then run it as the plugin does, in the folder it claimed."""
+        from hydra.core.utils import setup_globals
+
+        from hydra_plugins.lenet.sweeping import composed_job, run_claimed
         from lenet.run.context import set_job_context
 
-        # submitit handles SIGTERM/SIGUSR2 itself, and runs a timed-out or pre-empted job again
-        set_job_context(parallel_jobs=self.parallel_jobs, requeueable=True, launcher_handles_signals=True)
-        return super().__call__(*args, **kwargs)
+        # submitit may run a timed-out or pre-empted job again; it keeps SIGTERM for itself (a pre-emption)
+        set_job_context(parallel_jobs=self.parallel_jobs, requeueable=True, launcher_handles_sigterm=True)
+        import submitit
+        from omegaconf import open_dict
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        job_config = composed_job(self.hydra_context, self.config, sweep_overrides, job_num)
+        with open_dict(job_config):
+            job_config.hydra.job.id = submitit.JobEnvironment().job_id
+        return run_claimed(self.hydra_context, self.task_function, job_config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As the plugin's ``launch`` (submit the array, wait), collecting each job's result on its own."""
@@ -59,13 +79,53 @@ class _JobByJob(BaseSubmititLauncher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         jobs = executor.map_array(self, *zip(*job_params))
-        return [self._result(job, params[2], params[0]) for job, params in zip(jobs, job_params)]
+        stopped_by = self._wait(jobs)
+        results = [self._result(job, params[2], params[0], stopped_by) for job, params in zip(jobs, job_params)]
+        if stopped_by is not None:
+            print(f"error: interrupted by {stopped_by}: the jobs were stopped and recorded it", file=sys.stderr)
+            raise SystemExit(128 + signal.Signals[stopped_by].value)
+        return results
 
-    def _result(self, job: Any, idx: int, overrides: Sequence[str]) -> JobReturn:
+    def _wait(self, jobs: List[Any]) -> Optional[str]:
+        """Wait for every job; on a signal to the sweep, stop them all (SIGINT, then killed after kill_after s)."""
+        from lenet.run import signals
+
+        try:
+            while not all(job.done() for job in jobs):
+                if signals.pending is not None:
+                    self._stop(jobs, self.kill_after)
+                    return signal.Signals(signals.pending).name
+                time.sleep(POLL_SECONDS)
+        except BaseException:  # a second Ctrl-C, or a bug: no job outlives the sweep
+            self._stop(jobs, 0.0)
+            raise
+        return None
+
+    def _stop(self, jobs: List[Any], grace: float) -> None:
+        """Ask every running job to stop at its next step (SIGINT); cancel those still running after ``grace``."""
+        running = [job for job in jobs if not job.done()]
+        for job in running:
+            self._interrupt(job)
+        deadline = time.monotonic() + grace
+        while any(not job.done() for job in running) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        for job in running:
+            if not job.done():
+                job.cancel(check=False)
+
+    def _interrupt(self, job: Any) -> None:
+        job.cancel(check=False)  # local: SIGINT to the job's controller, which passes it on
+
+    def _result(self, job: Any, idx: int, overrides: Sequence[str], stopped_by: Optional[str]) -> JobReturn:
+        from lenet.run.outcome import Status
+
         try:
             return job.results()[0]
-        except Exception as e:  # submitit's FailedJobError, UncompletedJobError: the job's process died
+        except Exception as e:  # submitit's FailedJobError, UncompletedJobError: the job's process ended early
             lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith("-")]
+            if stopped_by is not None:
+                reason = f"interrupted by {stopped_by}: the sweep stopped the job"
+                return failed_job(self.hydra_context, self.config, idx, overrides, reason, Status.interrupted)
             reason = f"the job's process died ({type(e).__name__}: {lines[0] if lines else 'no reason given'})"
             log.error(f"#{idx} failed: {reason}")
             return failed_job(self.hydra_context, self.config, idx, overrides, reason)
@@ -82,6 +142,10 @@ class LocalLauncher(_JobByJob):
 
 class SlurmLauncher(_JobByJob):
     _EXECUTOR = "slurm"
+
+    def _interrupt(self, job: Any) -> None:
+        # SIGINT to the job's steps: it stops at its next step and records it (SIGTERM is submitit's: a pre-emption)
+        subprocess.call(["scancel", "--signal=INT", str(job.job_id)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As the plugin's, reading job states from squeue when the cluster keeps no accounting (no sacct)."""

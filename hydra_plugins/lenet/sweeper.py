@@ -3,8 +3,9 @@ reading each job's outcome.
 
 Hydra's ``BasicSweeper`` raises the first failed job's exception once its batch has run, which ends
 the sweep in a traceback without a word on the other jobs. This one composes every job before any runs
-(a typo in one combination leaves nothing behind), runs them all, and ends with the verdict
-(``verdict.report``): the sweep exits non-zero naming each job that did not complete.
+(a typo in one combination leaves nothing behind), gives each job its folder by its overrides
+(``sweeping.assign_folders``), runs them all, and ends with the verdict (``verdict.report``): the sweep
+exits non-zero naming each job that did not complete.
 """
 
 
@@ -20,7 +21,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
 from hydra_plugins.lenet import verdict
-from hydra_plugins.lenet.sweeping import runs_jobs, start_sweep
+from hydra_plugins.lenet.sweeping import assign_folders, composed_subdirs, runs_jobs, start_sweep
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,18 @@ class LenetBasicSweeper(BasicSweeper):
         """Run every job (a failed one does not stop the others); print the verdict; exit 1 if one did not complete."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides(self._parse_config() + arguments),
-                                              self.max_batch_size)  # fmt: skip
+        batches = self.split_arguments(parser.parse_overrides(self._parse_config() + arguments), self.max_batch_size)
+        jobs = [list(job) for batch in batches for job in batch]
         tic = time.perf_counter()
-        for batch in self.overrides:  # every job's config composes before any job runs or any file is written
-            self.validate_batch_is_legal(batch)
-        log.debug(f"Validated the configs of every job in {time.perf_counter() - tic:0.2f} s")
+        wanted = composed_subdirs(self.hydra_context, self.config, jobs)  # before any job runs or file is written
+        log.debug(f"Composed the configs of {len(jobs)} jobs in {time.perf_counter() - tic:0.2f} s")
+        if not runs_jobs(self.launcher):
+            return self.launcher.launch(jobs, initial_job_idx=0)
         sweep_dir = start_sweep(self.config, self.launcher)
-        if runs_jobs(self.launcher):
-            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        assigned = assign_folders(sweep_dir, jobs, wanted)
         returns: List[JobReturn] = []
-        while not self.is_done():
-            batch = self.get_job_batch()
-            returns += self.launcher.launch(batch, initial_job_idx=len(returns))
-        if runs_jobs(self.launcher):
-            verdict.report(sweep_dir, returns)
+        for batch in batches:
+            returns += self.launcher.launch(assigned[len(returns) : len(returns) + len(batch)], len(returns))
+        verdict.report(sweep_dir, returns)
         return returns

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lenet.core.errors import ConfigError, DataError
+from lenet.core.errors import ConfigError, DataError, UserError
 from lenet.core.factory import accepted_arguments
 from lenet.core.idx import TORCHVISION_FOLDERS, load_idx_split, locate_raw
 from lenet.core.registry import import_function, register
@@ -215,12 +215,23 @@ def load_dataset(
     load = get_loader(name, loader)
     available = {"root": root, "download": download, "train_size": synthetic_sizes[0], "test_size": synthetic_sizes[1]}
     accepted, _ = accepted_arguments(load)
-    arrays = load(**{k: v for k, v in available.items() if k in accepted})
+    try:
+        arrays = load(**{k: v for k, v in available.items() if k in accepted})
+    except UserError:
+        raise
+    except Exception as e:  # a loader of the user's own that failed: its error, in one line
+        raise DataError(f"dataset {name}: its loader failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+    if not isinstance(arrays, dict):
+        raise DataError(f"dataset {name}: its loader returned {type(arrays).__name__}, not a dict "
+                        "{'train': (images, labels), 'test': (images, labels)}")  # fmt: skip
     splits = []
     for split in ("train", "test"):
         if split not in arrays:
             raise DataError(f"dataset {name}: its loader returned no {split!r} split (it returned {sorted(arrays)})")
-        images, labels = (np.asarray(a) for a in arrays[split])
+        try:
+            images, labels = (np.asarray(a) for a in arrays[split])
+        except (TypeError, ValueError):
+            raise DataError(f"dataset {name}: its {split!r} split must be a pair (images, labels)") from None
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels) or not len(images):
             raise DataError(
                 f"dataset {name}: {split} images must be uint8 (N, H, W) or (N, H, W, C) with one label each, "

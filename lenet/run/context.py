@@ -17,7 +17,7 @@ class JobContext:
 
     parallel_jobs: int = 1  # jobs of its sweep sharing this machine's cores at once
     requeueable: bool = False  # the launcher may run it again (time-out, pre-emption): it continues from its checkpoint
-    launcher_handles_signals: bool = False  # the launcher's own signal handlers act on SIGTERM (submitit's)
+    launcher_handles_sigterm: bool = False  # SIGTERM is the launcher's (submitit's: a pre-emption); SIGINT stays ours
     sweep_handles_signals: bool = False  # a worker of a parallel sweep: a signal after the job ended is the sweep's
 
 

@@ -21,6 +21,7 @@ from lenet.run import signals
 from lenet.run.checkpoint import CHECKPOINT_FILE
 from lenet.run.config import to_typed
 from lenet.run.context import job_context
+from lenet.run.folders import holding
 from lenet.run.job import JobInfo
 from lenet.run.lifecycle import run_job
 from lenet.run.outcome import JobFailed, Outcome, Status, status_of, write_summary
@@ -44,12 +45,14 @@ def run_from_hydra(cfg: DictConfig) -> Outcome:
 
 def _run_and_report(cfg: DictConfig, job: JobInfo) -> Outcome:
     try:
-        try:
-            typed = to_typed(cfg)
-        except UserError as e:
-            _failed_summary(job, str(e))
-            raise
-        outcome = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        # held already by the run's claim or by lenet's launchers; by the job itself under any other launcher
+        with holding(job.run_dir, "hydra.sweep.subdir" if job.multirun else "hydra.run.dir"):
+            try:
+                typed = to_typed(cfg)
+            except UserError as e:
+                _failed_summary(job, str(e))
+                raise
+            outcome = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     except (Interrupted, KeyboardInterrupt) as e:
         name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
         message = interrupted_message(name, job.run_dir)

@@ -8,6 +8,7 @@ three callbacks to the run's own: ``StopOnSignal`` (Ctrl-C, SIGTERM), ``Checkpoi
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from lenet.core.errors import DivergedError, Pruned
+from lenet.core.errors import CheckpointError, DivergedError, Pruned
 from lenet.core.models import num_params
 from lenet.run import signals
 from lenet.run.assemble import METRIC_KEYS, assemble
@@ -24,7 +25,9 @@ from lenet.run.config import RESUME_IGNORES, Config
 from lenet.run.context import job_context
 from lenet.run.files import remove_stale_temporaries
 from lenet.run.job import JobInfo
-from lenet.run.outcome import Outcome, Status, outcome_from_summary, read_summary, status_of
+from lenet.run.outcome import (
+    DiskFull, Outcome, Status, SummaryError, outcome_from_summary, read_summary, status_of, write_summary,
+)  # fmt: skip
 from lenet.run.progress import ProgressBar
 from lenet.run.threads import set_threads
 from lenet.run.tracking import Tracking, weights_file
@@ -60,6 +63,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
             keep_summary = resume and (job.run_dir / CHECKPOINT_FILE).exists()
             threads, wall_before = _continue(run, settings, cfg, job, config_record, resume, summary)
             keep_summary = False
+            write_summary(job.run_dir, summary)  # running: its blocks are kept for the end, however it ends
             summary.update(setup_seconds=time.perf_counter() - started,
                            startup_seconds=seconds_since_process_start() if first_in_process else None)  # fmt: skip
             harness = {"signals": signals.StopOnSignal(), **_progress(cfg, settings),
@@ -112,12 +116,22 @@ def _progress(cfg: Config, settings: FitSettings) -> dict[str, ProgressBar]:
 
 def _kept_if_completed(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Optional[Outcome]:
     """On resume, the outcome of a run that completed with this config: it is kept as it is."""
-    previous = read_summary(job.run_dir)
+    try:
+        previous = read_summary(job.run_dir)
+    except SummaryError as e:  # its checkpoint still says how far it got
+        log.warning("%s: continuing from its checkpoint", e)
+        return None
     if not (previous and previous["status"] == Status.completed and previous.get("epochs") == cfg.trainer.epochs):
         return None
     # the same run? its checkpoint says with which config it was made
     checkpoint_path = job.run_dir / CHECKPOINT_FILE
-    check_config(load_checkpoint(checkpoint_path), checkpoint_path, config_record, RESUME_IGNORES)
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint is None:
+        raise CheckpointError(
+            f"{job.run_dir} completed before, but its {CHECKPOINT_FILE} is gone, so whether it was made with this "
+            "config cannot be checked: restore it, or delete the folder to run the job again"
+        )
+    check_config(checkpoint, checkpoint_path, config_record, RESUME_IGNORES)
     log.info("%s completed before: kept as it is (final test accuracy %.2f%%)", job.run_dir,
              100 * previous["final_test_acc"])  # fmt: skip
     return outcome_from_summary(job.run_dir, previous)
@@ -155,15 +169,16 @@ def fill_results(summary: dict[str, Any], run: Optional[TrainState]) -> None:
 
 
 def _explained(error: BaseException, cfg: Config, job: JobInfo, run: Optional[TrainState]) -> BaseException:
-    """``error``, or for a diverged run the same error saying which checkpoint is kept and what to change."""
-    if not isinstance(error, DivergedError) or run is None:
-        return error
-    kept = (
-        f"the checkpoint of epoch {run.epoch} is kept in {job.run_dir / CHECKPOINT_FILE}"
-        if run.history
-        else "no checkpoint was written"
-    )
-    return DivergedError(f"{error}; {kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule")
+    """``error``, or the same error saying what is kept and what to do: for a diverged run, and a full disk."""
+    checkpoint = job.run_dir / CHECKPOINT_FILE
+    if isinstance(error, DivergedError) and run is not None:
+        kept = f"the checkpoint of epoch {run.epoch} is kept in {checkpoint}" if run.history else "no checkpoint was written"
+        return DivergedError(f"{error}; {kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        kept = f"the checkpoint of the last finished epoch is kept in {checkpoint}" if checkpoint.is_file() else "no checkpoint was written"
+        return DiskFull(f"no space left on the disk of {job.run_dir} ({error.strerror}); {kept}; free some space and "
+                        f"continue with trainer.resume=true hydra.run.dir={job.run_dir}")  # fmt: skip
+    return error
 
 
 def seconds_since_process_start() -> Optional[float]:

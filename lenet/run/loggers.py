@@ -91,7 +91,7 @@ def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Logge
                 node = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
             if not isinstance(node, Mapping):
                 raise ConfigError(f"{key} must be a node with a _target_, got {node!r}")
-            logger = call(bind(node, key), key, offered=offered)
+            logger = construct(node, key, offered)
             missing = [m for m in REQUIRED_METHODS if not callable(getattr(logger, m, None))]
             if missing:
                 raise ConfigError(
@@ -103,6 +103,17 @@ def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Logge
         loggers.finish({"status": "failed"}, 1)  # those already started
         raise
     return loggers
+
+
+def construct(node: Mapping[str, Any], key: str, offered: Mapping[str, Any]) -> Any:
+    """Build ``node``'s ``_target_``; one whose constructor raises is one ConfigError line naming ``key``."""
+    try:
+        return call(bind(node, key), key, offered=offered)
+    except (UserError, Interrupted):
+        raise
+    except Exception as e:  # a class of the user's own that cannot start
+        reason = " ".join(str(e).split())[:300]
+        raise ConfigError(f"{key} ({node.get('_target_')}) could not start: {type(e).__name__}: {reason}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -8,8 +8,10 @@ then records its ``JobReturn`` as ``JobStatus.FAILED`` with it); one that did re
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import signal
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +22,7 @@ from lenet.core.errors import Interrupted, Pruned, UserError
 from lenet.run.files import write_atomic
 
 SUMMARY_FILE = "summary.json"
+SUMMARY_RESERVE = 8192  # bytes a summary.json keeps, to be rewritten in place when the disk is full
 
 
 class Status(str, Enum):
@@ -67,6 +70,10 @@ class JobFailed(Exception):
         return (JobFailed, (self.outcome,))
 
 
+class DiskFull(UserError):
+    """The disk the run writes to is full."""
+
+
 def status_of(error: BaseException) -> tuple[Status, str, int]:
     """The status, the error line and the exit code of a run that ended with ``error``."""
     if isinstance(error, Pruned):
@@ -95,9 +102,26 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
-    """Write summary.json whole (a reader sees the old one or the new one)."""
+    """Write summary.json whole (a reader sees the old one or the new one), even on a full disk.
+
+    The file is padded (with JSON's trailing whitespace) to SUMMARY_RESERVE bytes, so that when the disk is
+    full it can be rewritten in place, in the blocks it already has: a run that fails for want of space
+    still records what it did.
+    """
+    path = Path(run_dir) / SUMMARY_FILE
     record = {k: (v.value if isinstance(v, Status) else v) for k, v in summary.items()}
-    write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
+    text = json.dumps(record, indent=2) + "\n"
+    text += " " * max(0, SUMMARY_RESERVE - len(text.encode()))
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file() or path.stat().st_size < len(text.encode()):
+            raise
+        with open(path, "r+") as f:  # the disk is full: into the blocks the file has
+            f.write(text)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def outcome_from_summary(run_dir: Path, summary: Mapping[str, Any]) -> Outcome:

@@ -3,19 +3,19 @@
 ``train.py`` installs the handler before anything else is imported, so a signal during start-up,
 between the jobs of a sweep or as a run finishes is recorded, never lost and never a traceback: a job
 that starts with a signal pending stops at once, a running one after its current step. A second
-Ctrl-C stops at once. Under submitit nothing is installed: it handles the signals of its jobs itself.
+Ctrl-C stops at once. Under submitit, SIGTERM is left to submitit (a pre-emption); SIGINT stops the job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 from typing import Any, Iterator, Optional
 
 from lenet.core.errors import Interrupted
+from lenet.run.context import job_context
 from lenet.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,18 @@ def raising() -> Iterator[None]:
         _raising = False
 
 
-def _installable() -> bool:
-    # signals reach only the main thread; submitit installs its own handlers to checkpoint and requeue
-    return threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ
+def _ours() -> tuple[int, ...]:
+    """The signals this process records: none outside the main thread (only it receives them), and not SIGTERM
+    where the launcher keeps it (submitit reads it as a pre-emption)."""
+    if threading.current_thread() is not threading.main_thread():
+        return ()
+    return (signal.SIGINT,) if job_context().launcher_handles_sigterm else (signal.SIGINT, signal.SIGTERM)
 
 
 def install() -> None:
     """Record SIGINT and SIGTERM from now on, for the rest of the process."""
-    if _installable():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _record)
+    for signum in _ours():
+        signal.signal(signum, _record)
 
 
 def pending_name() -> Optional[str]:
@@ -85,10 +87,7 @@ class StopOnSignal(Callback):
 @contextlib.contextmanager
 def recorded() -> Iterator[None]:
     """While a job runs: SIGINT and SIGTERM are recorded as requests to stop (whatever was installed meanwhile)."""
-    previous = {}
-    if _installable():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, _record)
+    previous = {signum: signal.signal(signum, _record) for signum in _ours()}
     try:
         yield
     finally:

@@ -126,9 +126,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("run_dir", type=Path, help="a run's output dir (outputs/DATE/TIME or multirun/.../N)")
     parser.add_argument("--data-root", type=Path, help="where the dataset is, if not where the run found it")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument("--trust", action="append", default=[], metavar="MODULE",
+                        help="build the run's components from MODULE too (your own code; repeat for several)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        report = evaluate_run(load_run(args.run_dir, args.device), args.data_root)
+        report = evaluate_run(load_run(args.run_dir, args.device, trust=args.trust), args.data_root)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

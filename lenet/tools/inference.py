@@ -11,6 +11,7 @@ and pooling that made them. A weights file alone is a plain ``state_dict``:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -24,6 +25,7 @@ from lenet.core.data import preprocess
 from lenet.core.errors import UserError
 from lenet.core.models import build_model
 from lenet.run.config import Config, register_configs, to_typed
+from lenet.run.assemble import resolve_device
 from lenet.run.outcome import read_summary
 
 MNIST_BOX = 20  # MNIST's digits were scaled into a 20x20 box, centred in the 28x28 image
@@ -62,8 +64,69 @@ class Run:
         return self.model(self.preprocess(images)).float().softmax(dim=1).cpu()
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu") -> Run:
-    """Rebuild the model of ``run_dir`` from its config and load its final weights."""
+TRUSTED = ("lenet", "torch")  # packages whose components a run dir may name without being trusted explicitly
+
+
+def _modules(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n.strip().rstrip(".") for n in names if n.strip())
+
+
+def _within(path: str, modules: Sequence[str]) -> bool:
+    return any(path == m or path.startswith(m + ".") for m in modules)
+
+
+def _targets(node: Any, key: str) -> list[tuple[str, str]]:
+    """(key, target) of every ``_target_`` in a config node, nested ones included."""
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found += [(key, str(v))] if k == "_target_" else _targets(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _targets(v, f"{key}[{i}]")
+    return found
+
+
+def check_trusted(config: dict, run_dir: Path, trust: Sequence[str] = ()) -> None:
+    """Refuse a run dir whose config would make lenet build code it does not trust, before anything is imported.
+
+    Building a run's model, loss and data may run code (a ``_target_``, ``data.loader``). Trusted: models
+    by registered name; ``_target_``s under ``lenet.`` and ``torch.`` that are ``nn.Module`` classes (or
+    lenet's own model and loss functions); and anything in the modules ``trust`` names (your own code).
+    """
+    trusted = _modules(trust)
+    wanted = _targets(config.get("model"), "model") + _targets(config.get("loss"), "loss")
+    loader = (config.get("data") or {}).get("loader")
+    named = wanted + ([("data.loader", str(loader))] if loader else [])
+    for key, target in named:
+        if _within(target, trusted):
+            continue
+        if key != "data.loader" and _within(target, TRUSTED) and _safe(target):
+            continue
+        raise UserError(
+            f"{run_dir}'s config names {target} ({key}), which lenet does not build unless told to trust it: "
+            f"a run folder from elsewhere could run code through it; if it is yours, pass --trust "
+            f"{target.rsplit('.', 1)[0]} (load_run(..., trust=[...]))"
+        )
+
+
+def _safe(target: str) -> bool:
+    """A trusted package's target that only builds a network or a loss: an nn.Module class, or lenet's own functions."""
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except Exception:
+        return True  # nothing to run: building it fails in one line later
+    is_module = isinstance(obj, type) and issubclass(obj, nn.Module)
+    return is_module or _within(target, ("lenet.core.models", "lenet.core.losses"))
+
+
+def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str] = ()) -> Run:
+    """Rebuild the model of ``run_dir`` from its config and load its final weights.
+
+    Only what lenet trusts is built (``check_trusted``); ``trust`` names more modules (your own).
+    """
     run_dir = Path(run_dir)
     config_file = run_dir / ".hydra" / "config.yaml"
     summary = read_summary(run_dir) if (run_dir / "summary.json").is_file() else None
@@ -74,12 +137,23 @@ def load_run(run_dir: Union[str, Path], device: str = "cpu") -> Run:
     if not summary.get("weights") or not (run_dir / summary["weights"]).is_file():
         raise UserError(f"{run_dir} holds no final weights (status {summary.get('status')}): only finished runs do")
     register_configs()
-    schema = OmegaConf.structured(Config)
-    cfg = to_typed(OmegaConf.merge(schema, OmegaConf.load(config_file)))
-    torch_device = torch.device(device)
+    try:
+        saved = OmegaConf.load(config_file)
+        check_trusted(OmegaConf.to_container(saved, resolve=False), run_dir, trust)
+        cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    except UserError:
+        raise
+    except Exception as e:  # a config file that is not one of ours
+        raise UserError(f"{config_file} is not a run's config ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    torch_device = resolve_device(device)
     model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
-    state = torch.load(run_dir / summary["weights"], map_location=torch_device, weights_only=True)
-    model.load_state_dict(state)
+    try:
+        state = torch.load(run_dir / summary["weights"], map_location=torch_device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # another model's weights, a truncated or foreign file
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"{run_dir / summary['weights']} does not hold this run's model's weights "
+                        f"({type(e).__name__}: {reason})") from None  # fmt: skip
     return Run(run_dir, cfg, summary, model.to(torch_device).eval(), torch_device)
 
 
@@ -92,10 +166,13 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the image {path}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # an image too large to be a digit
+            image = Image.open(path)
+            image.load()
+    except Exception as e:  # PIL raises many kinds for truncated, corrupt, hostile or foreign files
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"cannot read the image {path}: {reason}") from None
     image = ImageOps.exif_transpose(image).convert("RGB" if channels == 3 else "L")
     gray = np.asarray(image.convert("L"), dtype=np.float32)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])

@@ -38,7 +38,14 @@ def sqlite_path(url: str) -> Optional[Path]:
 
 
 def _locked(error: BaseException) -> bool:
-    return "database is locked" in str(error) or "database table is locked" in str(error)
+    """Whether ``error``, or one it was raised from (Optuna wraps sqlalchemy's), says the database is locked."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if "database is locked" in str(error) or "database table is locked" in str(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def retrying(storage: str, action: Callable[[], T]) -> T:

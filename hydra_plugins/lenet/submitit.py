@@ -42,8 +42,8 @@ class _JobByJob(BaseSubmititLauncher):
         from hydra_plugins.lenet.sweeping import composed_job, run_claimed
         from lenet.run.context import set_job_context
 
-        # submitit may run a timed-out or pre-empted job again; it keeps SIGTERM for itself (a pre-emption)
-        set_job_context(parallel_jobs=self.parallel_jobs, requeueable=True, launcher_handles_sigterm=True)
+        # submitit may run a timed-out or pre-empted job again; on SLURM it keeps SIGTERM (a pre-emption) for itself
+        set_job_context(parallel_jobs=self.parallel_jobs, requeueable=True, launcher_handles_sigterm=self.keeps_sigterm)
         import submitit
         from omegaconf import open_dict
 
@@ -114,7 +114,7 @@ class _JobByJob(BaseSubmititLauncher):
                 job.cancel(check=False)
 
     def _interrupt(self, job: Any) -> None:
-        job.cancel(check=False)  # local: SIGINT to the job's controller, which passes it on
+        raise NotImplementedError
 
     def _result(self, job: Any, idx: int, overrides: Sequence[str], stopped_by: Optional[str]) -> JobReturn:
         from lenet.run.outcome import Status
@@ -133,6 +133,11 @@ class _JobByJob(BaseSubmititLauncher):
 
 class LocalLauncher(_JobByJob):
     _EXECUTOR = "local"
+    keeps_sigterm = False  # no pre-emption here: SIGTERM stops a job, as it stops a run
+
+    def _interrupt(self, job: Any) -> None:
+        if job._process is not None:  # the job's controller, which passes SIGTERM on to the job
+            job._process.send_signal(signal.SIGTERM)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As the plugin's, the jobs sharing this machine's cores."""
@@ -142,6 +147,7 @@ class LocalLauncher(_JobByJob):
 
 class SlurmLauncher(_JobByJob):
     _EXECUTOR = "slurm"
+    keeps_sigterm = True
 
     def _interrupt(self, job: Any) -> None:
         # SIGINT to the job's steps: it stops at its next step and records it (SIGTERM is submitit's: a pre-emption)

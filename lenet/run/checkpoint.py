@@ -10,7 +10,7 @@ import torch
 
 from lenet.core.errors import CheckpointError, ConfigError
 from lenet.run.config import changed_keys
-from lenet.run.files import atomic_file
+from lenet.run.files import save_atomic
 from lenet.train.callbacks import Callback
 from lenet.train.state import TrainState
 
@@ -23,10 +23,12 @@ CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": d
 class Checkpointing(Callback):
     """After every epoch, the state of the run (and the config and thread count it depends on) in one file."""
 
-    def __init__(self, path: Path, config: dict[str, Any], num_threads: int, wall_seconds_before: float = 0.0):
+    def __init__(self, path: Path, config: dict[str, Any], num_threads: int, wall_seconds_before: float = 0.0,
+                 epochs_saved: int = 0):  # fmt: skip
         self.path, self.config, self.num_threads = path, config, num_threads
         self.wall_seconds_before = wall_seconds_before
         self.started = time.perf_counter()
+        self.epochs_saved = epochs_saved  # the epochs the checkpoint on disk holds (a resume does not train them again)
 
     def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
         state = {
@@ -35,8 +37,8 @@ class Checkpointing(Callback):
             "wall_seconds": self.wall_seconds_before + time.perf_counter() - self.started,
             "num_threads": self.num_threads,  # CPU results depend on it: a resumed run takes it again
         }
-        with atomic_file(self.path) as tmp:  # a crash leaves the previous checkpoint
-            torch.save(state, tmp)
+        save_atomic(state, self.path)  # a crash leaves the previous checkpoint
+        self.epochs_saved = run.epoch
 
 
 def _unusable(path: Path, why: str) -> CheckpointError:

@@ -51,3 +51,16 @@ def remove_stale_temporaries(folder: Path) -> None:
     for tmp in folder.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically; serialised in memory first, so that a full disk is an OSError
+    (torch's own writer turns it into a RuntimeError)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())

@@ -52,6 +52,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
     remove_stale_temporaries(job.run_dir)
     tracking = Tracking(job.run_dir, cfg.trainer.epochs, weights_file(job.run_dir, cfg.data.name))
     run: Optional[TrainState] = None
+    checkpointing: Optional[Checkpointing] = None
     exit_code, keep_summary, wall_before = 1, False, 0.0
     try:
         with signals.recorded():
@@ -66,11 +67,11 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
             write_summary(job.run_dir, summary)  # running: its blocks are kept for the end, however it ends
             summary.update(setup_seconds=time.perf_counter() - started,
                            startup_seconds=seconds_since_process_start() if first_in_process else None)  # fmt: skip
-            harness = {"signals": signals.StopOnSignal(), **_progress(cfg, settings),
-                       "checkpoint": Checkpointing(job.run_dir / CHECKPOINT_FILE, config_record, threads, wall_before),
+            checkpointing = Checkpointing(job.run_dir / CHECKPOINT_FILE, config_record, threads, wall_before, run.epoch)
+            harness = {"signals": signals.StopOnSignal(), **_progress(cfg, settings), "checkpoint": checkpointing,
                        "tracking": tracking}  # fmt: skip
             fit(run, settings, run.callbacks.then(harness))
-            fill_results(summary, run)
+            fill_results(summary, run, run.epoch)
             run.callbacks.then({"tracking": tracking}).on_fit_end(run, summary)
         summary["status"], exit_code = Status.completed, 0
     except BaseException as e:
@@ -83,7 +84,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
         else:
             raise error from None
     finally:
-        fill_results(summary, run)
+        fill_results(summary, run, checkpointing.epochs_saved if checkpointing else 0)  # what a resume keeps
         summary.update(wall_seconds=wall_before + time.perf_counter() - started, finished_at=_now())
         tracking.finish(summary, exit_code, write=not keep_summary)
     return outcome_from_summary(job.run_dir, summary)
@@ -153,11 +154,11 @@ def new_summary(cfg: Config, job: JobInfo) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def fill_results(summary: dict[str, Any], run: Optional[TrainState]) -> None:
-    """The run's results so far into its summary: final and best accuracy, losses, epochs, extra metrics."""
-    if run is None or not run.history:
+def fill_results(summary: dict[str, Any], run: Optional[TrainState], epochs: int) -> None:
+    """The results of the run's first ``epochs`` epochs into its summary: accuracies, losses, extra metrics."""
+    if run is None or not run.history[:epochs]:
         return
-    history = run.history
+    history = run.history[:epochs]
     best = max(history, key=lambda row: row["test_acc"])
     summary.update(
         final_test_acc=history[-1]["test_acc"], final_test_loss=history[-1]["test_loss"],

@@ -136,9 +136,9 @@ def read_swept_keys(sweep_dir: Path) -> Optional[list[str]]:
 
 
 def job_label(overrides: list[str], swept: Optional[list[str]]) -> str:
-    """What sets a job apart in its sweep, e.g. ``pooling=avg,seed=1``; all overrides when unknown."""
+    """What sets a job apart in its sweep, by key, e.g. ``pooling=avg,seed=1``; all overrides when unknown."""
     chosen = [o for o in overrides if swept is None or split_override(o)[0] in swept]
-    return ",".join(chosen)
+    return ",".join(sorted(chosen, key=lambda o: split_override(o)[0]))
 
 
 def override_value(value: Any) -> str:

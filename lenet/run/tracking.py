@@ -12,9 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
-from lenet.run.files import atomic_file, write_atomic
+from lenet.run.files import save_atomic, write_atomic
 from lenet.run.loggers import Loggers
 from lenet.run.outcome import write_summary
 from lenet.train.callbacks import Callback
@@ -58,8 +57,7 @@ class Tracking(Callback):
         )  # fmt: skip
 
     def on_fit_end(self, run: TrainState, summary: dict[str, Any]) -> None:
-        with atomic_file(self.weights) as tmp:  # a crash never leaves a truncated weights file
-            torch.save(run.eval_model.state_dict(), tmp)
+        save_atomic(run.eval_model.state_dict(), self.weights)  # a crash never leaves a truncated weights file
         summary["weights"] = self.weights.name
         self.loggers.log_file(self.weights, "model")
         best = max(run.history, key=lambda row: row["test_acc"])

@@ -80,7 +80,7 @@ def _targets(node: Any, key: str) -> list[tuple[str, str]]:
     found = []
     if isinstance(node, dict):
         for k, v in node.items():
-            found += [(key, str(v))] if k == "_target_" else _targets(v, f"{key}.{k}")
+            found += [(f"{key}._target_", str(v))] if k == "_target_" else _targets(v, f"{key}.{k}")
     elif isinstance(node, list):
         for i, v in enumerate(node):
             found += _targets(v, f"{key}[{i}]")

@@ -14,11 +14,15 @@ signals.install()  # first: a Ctrl-C or SIGTERM from here on stops the run clean
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lenet.run.config import register_configs  # noqa: E402
 from lenet.core.errors import shorten_hydra_errors  # noqa: E402
+from lenet.run.config import register_configs  # noqa: E402
+from lenet.run.extras import check_extras  # noqa: E402
+from lenet.run.resuming import with_own_overrides  # noqa: E402
 
 register_configs()
 shorten_hydra_errors()
+check_extras(sys.argv)  # hydra/launcher=slurm, hparams_search=optuna, ... without their extra: one line
+sys.argv = with_own_overrides(sys.argv)  # trainer.resume=true hydra.run.dir=DIR: DIR's own overrides first
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

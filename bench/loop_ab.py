@@ -41,8 +41,11 @@ def old_loop(checkout: Path):
 def recipe(total_steps: int):
     torch.manual_seed(0)
     model = create_model("lenet5").to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True,
-                                        "weight_decay": 5e-4}, torch.device("cpu"))  # fmt: skip
+    optimizer = build_optimizer(
+        model,
+        {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        torch.device("cpu"),
+    )
     return model, optimizer, onecycle(optimizer, total_steps)
 
 
@@ -66,8 +69,9 @@ def main() -> None:
     for r in range(args.rounds + 1):  # round 0 warms both up
         part = Split(train.images[(r * chunk) % 50000 :][:chunk], train.labels[(r * chunk) % 50000 :][:chunk])
         start = time.perf_counter()
-        train_one_epoch(old_model, F.cross_entropy, old_opt, part.images, part.labels, args.batch_size, old_gen,
-                        scheduler=old_sched)  # fmt: skip
+        train_one_epoch(
+            old_model, F.cross_entropy, old_opt, part.images, part.labels, args.batch_size, old_gen, scheduler=old_sched
+        )
         old_ms = 1000 * (time.perf_counter() - start) / args.steps
         start = time.perf_counter()
         train_epoch(run, FitSettings(train=part, test=part, epochs=1, batch_size=args.batch_size), Callbacks())
@@ -75,8 +79,10 @@ def main() -> None:
         if r:
             times["old"].append(old_ms)
             times["new"].append(new_ms)
-    report = {k: {"median_ms_per_step": statistics.median(v), "each_round": [round(x, 3) for x in v]}
-              for k, v in times.items()}  # fmt: skip
+    report = {
+        k: {"median_ms_per_step": statistics.median(v), "each_round": [round(x, 3) for x in v]}
+        for k, v in times.items()
+    }
     report["new_over_old"] = report["new"]["median_ms_per_step"] / report["old"]["median_ms_per_step"]
     report["threads"] = torch.get_num_threads()
     print(json.dumps(report, indent=2))

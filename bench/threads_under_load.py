@@ -32,15 +32,32 @@ def main() -> None:
                 for r in range(args.rounds):
                     for name, overrides in SETTINGS.items():
                         run_dir = Path(tmp) / f"{load}-{name}-{r}"
-                        cmd = [sys.executable, str(REPO / "train.py"), f"data.root={args.root.resolve()}", "logger=none",
-                               "trainer.epochs=2", f"hydra.run.dir={run_dir}", *overrides]  # fmt: skip
+                        cmd = [
+                            sys.executable,
+                            str(REPO / "train.py"),
+                            f"data.root={args.root.resolve()}",
+                            "logger=none",
+                            "trainer.epochs=2",
+                            f"hydra.run.dir={run_dir}",
+                            *overrides,
+                        ]
                         start = time.perf_counter()
                         subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
                         wall = time.perf_counter() - start
                         summary = json.loads((run_dir / "summary.json").read_text())
-                        print(json.dumps({"load": load, "setting": name, "round": r, "wall_seconds": round(wall, 2),
-                                          "seconds_per_epoch": round(summary["seconds_per_epoch"], 2),
-                                          "num_threads": summary["num_threads"]}), flush=True)  # fmt: skip
+                        print(
+                            json.dumps(
+                                {
+                                    "load": load,
+                                    "setting": name,
+                                    "round": r,
+                                    "wall_seconds": round(wall, 2),
+                                    "seconds_per_epoch": round(summary["seconds_per_epoch"], 2),
+                                    "num_threads": summary["num_threads"],
+                                }
+                            ),
+                            flush=True,
+                        )
             finally:
                 for process in busy:
                     process.kill()

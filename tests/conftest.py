@@ -55,8 +55,12 @@ def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 1
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_for_first_epoch(metrics: Path, timeout: float = 120) -> None:
@@ -80,8 +84,14 @@ def without_time(rows: list[dict]) -> list[dict]:
 
 
 # one thread pinned: runs compared bit for bit must use the same count
-SYNTHETIC = ["logger=none", "data=synthetic", "data.test_size=256", "trainer.batch_size=64", "device=cpu",
-             "device.num_threads=1"]  # fmt: skip
+SYNTHETIC = [
+    "logger=none",
+    "data=synthetic",
+    "data.test_size=256",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+]
 
 
 def compose_config(*overrides: str):
@@ -161,3 +171,18 @@ def doc_block(doc: str, first_line: str) -> str:
     blocks = re.findall(r"```\w*\n(.*?)```", (REPO / doc).read_text(), flags=re.S)
     (block,) = [b for b in blocks if b.startswith(first_line)]
     return block
+
+
+def finished_run(folder: Path, *overrides: str) -> Path:
+    """A run trained in this process into ``folder``, with the ``.hydra/`` files train.py writes: one to load back."""
+    from omegaconf import OmegaConf
+
+    from lenet.run.job import JobInfo
+    from lenet.run.lifecycle import run_job
+
+    cfg, record = compose_config(*overrides)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(record), folder / ".hydra" / "config.yaml")
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in (*SYNTHETIC, *overrides)))
+    run_job(cfg, JobInfo(run_dir=folder, cwd=folder.parent), record)
+    return folder

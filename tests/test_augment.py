@@ -1,10 +1,9 @@
 """Augmentation on the device: the paper's random affine distortions, per image, reproducible and resumable."""
 
 import torch
+from conftest import exact_resume_check
 
 from lenet.core.augment import build_augmentation, distort
-
-from conftest import exact_resume_check
 
 
 def digits(n=6, seed=0):

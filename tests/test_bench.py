@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, write_mnist
 
 
@@ -43,15 +42,29 @@ def test_reports_print_as_tables(capsys):
         "epochs": 2,
         "logger": "none",
     }
-    _print_steps({"usual": {"images_per_second": 1000.0, "peak_memory_mb": 10.0, "data_memory_mb": 1.0},
-                  "harness": {"images_per_second": 3500.0, "peak_memory_mb": 20.0, "data_memory_mb": 2.0},
-                  "speedup": 3.5, "setup": setup})  # fmt: skip
+    _print_steps(
+        {
+            "usual": {"images_per_second": 1000.0, "peak_memory_mb": 10.0, "data_memory_mb": 1.0},
+            "harness": {"images_per_second": 3500.0, "peak_memory_mb": 20.0, "data_memory_mb": 2.0},
+            "speedup": 3.5,
+            "setup": setup,
+        }
+    )
     out = capsys.readouterr().out
     assert "1000 images/s" in out and "3500 images/s" in out and "speed-up 3.50x" in out
-    _print_process({"usual": {"seconds": 30.0, "final_test_acc_each_round": [0.98], "final_test_acc_mean": 0.98},
-                    "harness": {"seconds": 10.0, "final_test_acc_each_round": [0.981], "final_test_acc_mean": 0.981,
-                                "startup_seconds_each_round": [2.5]},
-                    "speedup": 3.0, "setup": setup})  # fmt: skip
+    _print_process(
+        {
+            "usual": {"seconds": 30.0, "final_test_acc_each_round": [0.98], "final_test_acc_mean": 0.98},
+            "harness": {
+                "seconds": 10.0,
+                "final_test_acc_each_round": [0.981],
+                "final_test_acc_mean": 0.981,
+                "startup_seconds_each_round": [2.5],
+            },
+            "speedup": 3.0,
+            "setup": setup,
+        }
+    )
     out = capsys.readouterr().out
     assert (
         "30.0 s" in out and "98.10%" in out and "start-up to the first training step: 2.50 s" in out and "3.00x" in out
@@ -90,7 +103,9 @@ def test_time_to_accuracy_counts_from_process_start_to_the_first_epoch_at_the_ta
 
     rows = [{"epoch": e, "test_acc": acc, "seconds": 2.0} for e, acc in ((1, 0.98), (2, 0.991), (3, 0.995))]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "startup_seconds": 3.0, "final_test_acc": 0.995}))
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"status": "completed", "startup_seconds": 3.0, "final_test_acc": 0.995})
+    )
     report = time_to_accuracy(tmp_path, 0.99)
     assert report["reached"] == {"epoch": 2, "seconds": 7.0} and report["final_test_acc"] == 0.995
     assert time_to_accuracy(tmp_path, 0.999)["reached"] is None

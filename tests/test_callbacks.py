@@ -8,6 +8,18 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import (
+    REPO,
+    SYNTHETIC,
+    doc_block,
+    exact_resume_check,
+    read_json,
+    read_jsonl,
+    run_in_process,
+    run_train,
+    wait_for_first_epoch,
+    without_time,
+)
 
 from lenet.core.data import Split
 from lenet.core.errors import ConfigError
@@ -20,11 +32,6 @@ from lenet.train.callbacks import Callback, Callbacks, build_callbacks
 from lenet.train.grad_clip import GradClip
 from lenet.train.loop import FitSettings, fit
 from lenet.train.state import TrainState
-
-from conftest import (
-    REPO, SYNTHETIC, doc_block, exact_resume_check, read_json, read_jsonl, run_in_process, run_train,
-    wait_for_first_epoch, without_time,
-)  # fmt: skip
 
 
 def small_run(lr=0.05):
@@ -85,21 +92,36 @@ def test_early_stopping_ends_the_run_completed_and_says_why(tmp_path, caplog):
     # the one-cycle lr rises to its peak in the first quarter of the run, then falls: watched with mode=max,
     # it stops improving after the peak
     caplog.set_level("INFO")
-    summary, run_dir = run_in_process(tmp_path, "run", "data.train_size=256", "trainer.epochs=8",
-                                      "callbacks=early_stopping", "callbacks.early_stopping.monitor=lr",
-                                      "callbacks.early_stopping.mode=max", "callbacks.early_stopping.patience=2")  # fmt: skip
+    summary, run_dir = run_in_process(
+        tmp_path,
+        "run",
+        "data.train_size=256",
+        "trainer.epochs=8",
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.monitor=lr",
+        "callbacks.early_stopping.mode=max",
+        "callbacks.early_stopping.patience=2",
+    )
     rows = read_jsonl(run_dir / "metrics.jsonl")
     peak = max(range(len(rows)), key=lambda i: rows[i]["lr"]) + 1
     assert summary["status"] == "completed" and summary["epochs_completed"] == len(rows) == peak + 2 < 8
-    assert summary["stopped_early"] == f"lr did not improve by more than 0 in 2 epochs (best {rows[peak - 1]['lr']:.4g} in epoch {peak})"
+    assert (
+        summary["stopped_early"]
+        == f"lr did not improve by more than 0 in 2 epochs (best {rows[peak - 1]['lr']:.4g} in epoch {peak})"
+    )
     assert f"stopped early: {summary['stopped_early']}" in caplog.records[-1].getMessage()  # the run's last line
     assert (run_dir / "lenet_synthetic.pth").is_file()
 
 
 def test_early_stopping_of_a_key_no_row_holds_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="monitor=test_accuracy is not a key of the metrics rows; choose one of"):
-        run_in_process(tmp_path, "run", "data.train_size=256", "callbacks=early_stopping",
-                       "callbacks.early_stopping.monitor=test_accuracy")  # fmt: skip
+        run_in_process(
+            tmp_path,
+            "run",
+            "data.train_size=256",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.monitor=test_accuracy",
+        )
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -116,8 +138,12 @@ def test_ema_evaluates_and_saves_the_average_and_resumes_exactly(tmp_path):
 
 
 def test_a_callbacks_state_is_in_the_checkpoint_and_restored_on_resume(tmp_path):
-    overrides = ["callbacks=early_stopping", "callbacks.early_stopping.monitor=test_loss", "data.train_size=256",
-                 "trainer.epochs=3"]  # fmt: skip
+    overrides = [
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.monitor=test_loss",
+        "data.train_size=256",
+        "trainer.epochs=3",
+    ]
     exact_resume_check(tmp_path, overrides)
     state = load_checkpoint(tmp_path / "part" / CHECKPOINT_FILE)["callbacks"]["early_stopping"]
     assert set(state) == {"best", "best_epoch", "wait"} and state["best_epoch"] >= 1
@@ -127,8 +153,13 @@ def test_a_callbacks_state_is_in_the_checkpoint_and_restored_on_resume(tmp_path)
 def test_ema_resumes_bit_for_bit_after_a_real_sigterm(tmp_path):
     args = [*SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "callbacks=ema"]
     run_in_process(tmp_path, "full", *args[len(SYNTHETIC) :])
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "part" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -139,7 +170,10 @@ def test_ema_resumes_bit_for_bit_after_a_real_sigterm(tmp_path):
     assert without_time(read_jsonl(tmp_path / "part" / "metrics.jsonl")) == without_time(
         read_jsonl(tmp_path / "full" / "metrics.jsonl")
     )
-    full, part = torch.load(tmp_path / "full" / "lenet_synthetic.pth"), torch.load(tmp_path / "part" / "lenet_synthetic.pth")
+    full, part = (
+        torch.load(tmp_path / "full" / "lenet_synthetic.pth"),
+        torch.load(tmp_path / "part" / "lenet_synthetic.pth"),
+    )
     assert all(torch.equal(full[k], part[k]) for k in full)
 
 
@@ -159,9 +193,14 @@ def test_the_documented_callback_of_your_own_sees_every_step_and_keeps_its_state
     rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     assert [r["steps_seen"] for r in rows] == [47, 94, 141]  # ceil(3000 / 64) steps an epoch, every one seen
 
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"], cwd=tmp_path,
-                            env={**__import__("os").environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"],
+        cwd=tmp_path,
+        env={**__import__("os").environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "part" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)  # during epoch 2
     _, err = proc.communicate(timeout=120)

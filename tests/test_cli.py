@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import read_json, read_jsonl, run_train, write_mnist
 
 from lenet.core.models import create_model
-
-from conftest import read_json, read_jsonl, run_train, write_mnist
 
 FAST = [
     "logger=none",
@@ -151,6 +150,7 @@ def test_unavailable_device_is_a_clear_error(tmp_path):
     assert_one_line_error(run_train(*FAST, "device=cuda", cwd=tmp_path), "error: device=cuda", "device=cpu")
 
 
+@pytest.mark.slow
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     (tmp_path / "afile").write_text("")
     result = run_train(*FAST, "hydra.run.dir=afile/run", cwd=tmp_path)

@@ -2,17 +2,16 @@
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from lenet.run.config import Config, Precision, Resize, register_configs, to_typed
 from lenet.core.errors import ConfigError
 from lenet.core.losses import build_loss
 from lenet.core.models import build_model, list_models, list_poolings
 from lenet.core.optim import build_optimizer, build_scheduler
-
-from conftest import REPO
+from lenet.run.config import Config, Precision, Resize, register_configs, to_typed
 
 CONF = REPO / "conf"
 GROUPS = ["model", "pooling", "loss", "optimizer", "scheduler", "data", "device", "logger"]
@@ -132,7 +131,7 @@ def test_missing_mandatory_value_is_a_config_error():
     [
         ("seed=18446744073709551616", "seed must be an integer from 0 to 2^63 - 1"),
         ("seed=-1", "seed must be an integer from 0 to 2^63 - 1"),
-        ("device.num_threads=100000", "device.num_threads must be null or 1.."),
+        ("device.num_threads=100000", "device.num_threads must be null, probe or 1.."),
         ("data.train_size=100000000000", "data.train_size must be <= 1000000"),
         ("data.test_size=0", "data.test_size must be >= 1"),
         ("data.mean=[nan]", "data.mean must be finite numbers"),

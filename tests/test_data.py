@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REAL_DATA, write_idx, write_mnist
 
 import lenet.core.data as data
 import lenet.core.idx as idx
 from lenet.core.data import PREPROCESS_CHUNK, load_dataset, make_synthetic, preprocess, resize_matrix
-from lenet.core.idx import locate_raw, read_idx
 from lenet.core.errors import ConfigError, DataError
-
-from conftest import REAL_DATA, write_idx, write_mnist
+from lenet.core.idx import locate_raw, read_idx
 
 CPU = torch.device("cpu")
 
@@ -180,8 +179,9 @@ def test_channels_last_images_are_normalised_per_channel():
     images, _ = rgb_images(5)
     out = preprocess(images, "pad", mean=[0.1, 0.5, 0.9], std=[1.0, 0.5, 0.25], device=CPU)
     assert out.shape == (5, 3, 32, 32)
-    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.1, 0.5, 0.9]).view(
-        1, 3, 1, 1)) / torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)  # fmt: skip
+    expected = (
+        torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)
+    ) / torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)
     assert torch.allclose(out[:, :, 2:30, 2:30], expected, atol=1e-6)
     with pytest.raises(DataError, match="data.mean has 1 values but the images have 3 channels"):
         preprocess(images, "pad", mean=[0.5], std=[0.5, 0.5, 0.5], device=CPU)
@@ -234,8 +234,12 @@ def test_hostile_idx_files_are_one_line_without_reading_what_they_claim(tmp_path
         f.truncate(1 << 40)
     deflate = tmp_path / "deflate-idx3-ubyte.gz"
     deflate.write_bytes(gz.compress(_idx_header(10, 28, 28) + bytes(7840))[:20] + b"\xff" * 200)
-    expected = {bomb: "the file holds more than that", overflow: "more than the 4 GiB this reader takes",
-                sparse: "the file holds 1099511627760", deflate: "cannot read"}  # fmt: skip
+    expected = {
+        bomb: "the file holds more than that",
+        overflow: "more than the 4 GiB this reader takes",
+        sparse: "the file holds 1099511627760",
+        deflate: "cannot read",
+    }
     for path, fragment in expected.items():
         tracemalloc.start()
         with pytest.raises(DataError) as e:

@@ -8,21 +8,36 @@ import sys
 import time
 
 import pytest
+from conftest import REPO, job_summaries, read_json, read_jsonl, run_train, wait_for_first_epoch
 
 from lenet.run.sweep_dir import job_identity, recorded_overrides
 
-from conftest import REPO, job_summaries, read_json, read_jsonl, run_train, wait_for_first_epoch
-
-TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
-        "device=cpu", "device.num_threads=1", "trainer.epochs=1"]  # fmt: skip
-LONG = [a.replace("data.train_size=256", "data.train_size=3000").replace("trainer.epochs=1", "trainer.epochs=3")
-        for a in TINY]  # fmt: skip
+TINY = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.epochs=1",
+]
+LONG = [
+    a.replace("data.train_size=256", "data.train_size=3000").replace("trainer.epochs=1", "trainer.epochs=3")
+    for a in TINY
+]
 LONGER = [a.replace("trainer.epochs=3", "trainer.epochs=10") for a in LONG]  # still running when it is signalled
 
 
 def popen(*args, cwd, env=None):
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def one_line(result, *fragments):
@@ -49,8 +64,9 @@ def test_a_sweep_resumed_with_its_keys_in_another_order_finds_every_job_in_its_o
     first = run_train("-m", "seed=0,1", "optimizer.lr=0.05,-1", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert first.returncode == 1 and "2 of 4 jobs did not complete" in first.stderr
     kept = {n: (tmp_path / "sweep" / str(n) / "summary.json").read_bytes() for n in range(4)}
-    again = run_train("-m", "optimizer.lr=-1,0.05", "seed=1,0", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true",
-                      cwd=tmp_path)  # fmt: skip
+    again = run_train(
+        "-m", "optimizer.lr=-1,0.05", "seed=1,0", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path
+    )
     assert again.returncode == 1 and "2 of 4 jobs did not complete" in again.stderr, again.stderr
     for n, summary in enumerate(job_summaries(tmp_path / "sweep")):
         folder = tmp_path / "sweep" / str(n)
@@ -68,7 +84,9 @@ def test_two_processes_never_write_one_run_dir_or_one_sweep_dir(tmp_path):
     running = popen(*LONG, "hydra.run.dir=run", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
     second = run_train(*LONG, "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path)
-    one_line(second, f"run is in use by process {running.pid} on ", "wait for it to end, or choose another hydra.run.dir")
+    one_line(
+        second, f"run is in use by process {running.pid} on ", "wait for it to end, or choose another hydra.run.dir"
+    )
     sweep = popen("-m", "seed=0,1", *LONGER, "hydra.sweep.dir=sweep", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     other = run_train("-m", "seed=0,1", *LONGER, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path)
@@ -87,12 +105,17 @@ def test_a_folder_of_your_own_files_is_never_used_and_every_job_gets_its_own_fol
     refused = run_train(*TINY, "hydra.run.dir=mine", cwd=tmp_path)
     one_line(refused, "holds files that no run of lenet wrote (.draft.tmp, notes.txt)")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir() if not p.name.startswith(".lenet")) == [
-        ".draft.tmp", "notes.txt"]  # fmt: skip
+        ".draft.tmp",
+        "notes.txt",
+    ]
     result = run_train("-m", "seed=0,1,2", *TINY, "hydra.sweep.dir=sweep", "hydra.sweep.subdir=same", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["same", "same-1", "same-2"]
     assert sorted(read_json(tmp_path / "sweep" / d / "summary.json")["seed"] for d in ("same", "same-1", "same-2")) == [
-        0, 1, 2]  # fmt: skip
+        0,
+        1,
+        2,
+    ]
 
 
 @pytest.mark.slow
@@ -131,9 +154,18 @@ class Stuck(Callback):
 @pytest.mark.slow
 def test_a_job_stuck_in_user_code_is_killed_after_the_grace_and_recorded_interrupted(tmp_path):
     (tmp_path / "stuck.py").write_text(STUCK)
-    sweep = popen("-m", "hydra/launcher=processes", "hydra.launcher.n_jobs=2", "hydra.launcher.kill_after=2",
-                  "seed=0,1", *LONGER, "+callbacks.stuck._target_=stuck.Stuck", "hydra.sweep.dir=sweep", cwd=tmp_path,
-                  env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    sweep = popen(
+        "-m",
+        "hydra/launcher=processes",
+        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.kill_after=2",
+        "seed=0,1",
+        *LONGER,
+        "+callbacks.stuck._target_=stuck.Stuck",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     deadline = time.time() + 120
     while len(list((tmp_path / "sweep").glob("*/stuck"))) < 2 and time.time() < deadline:
         time.sleep(0.1)  # until both jobs are asleep in their callback
@@ -162,15 +194,21 @@ def test_sigterm_to_a_local_submitit_sweep_stops_every_job(tmp_path):
 @pytest.mark.slow
 def test_optuna_trials_whose_config_does_not_compose_fail_alone_and_a_resume_goes_on(tmp_path):
     pytest.importorskip("optuna")
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=null",
-            "trainer.batch_size=choice(64,1.5)", *[a for a in TINY if "batch_size" not in a], "hydra.sweep.dir=sweep"]  # fmt: skip
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner=null",
+        "trainer.batch_size=choice(64,1.5)",
+        *[a for a in TINY if "batch_size" not in a],
+        "hydra.sweep.dir=sweep",
+    ]
     result = run_train(*args, cwd=tmp_path, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     trials = read_csv(tmp_path / "sweep" / "trials.csv")
     assert len(trials) == 4 and all((t["state"] == "fail") == (t["trainer.batch_size"] == "1.5") for t in trials)
     assert "does not compose" in result.stderr
-    more = run_train(*args[:2], "hydra.sweeper.n_trials=6", *args[3:], "trainer.resume=true", cwd=tmp_path,
-                     timeout=300)  # fmt: skip
+    more = run_train(*args[:2], "hydra.sweeper.n_trials=6", *args[3:], "trainer.resume=true", cwd=tmp_path, timeout=300)
     assert "Traceback" not in more.stderr and len(read_csv(tmp_path / "sweep" / "trials.csv")) == 6, more.stderr
 
 
@@ -205,16 +243,24 @@ def test_a_garbage_study_file_is_one_line(tmp_path):
     pytest.importorskip("optuna")
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "optuna.db").write_bytes(b"garbage" * 100)
-    result = run_train("-m", "hparams_search=optuna", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true",
-                       cwd=tmp_path)  # fmt: skip
+    result = run_train(
+        "-m", "hparams_search=optuna", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path
+    )
     one_line(result, "optuna.db cannot be opened as an Optuna storage")
 
 
 @pytest.mark.slow
 def test_previewing_a_search_lists_its_first_trials_and_ends(tmp_path):
     pytest.importorskip("optuna")
-    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_jobs=2", "hydra/launcher=preview", *TINY,
-                       cwd=tmp_path, timeout=60)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=preview",
+        *TINY,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "an Optuna search of 20 trials, 2 at a time, maximize final_test_acc" in result.stdout
     assert "#0: " in result.stdout and "#1: " in result.stdout and not (tmp_path / "multirun").exists()

@@ -8,24 +8,44 @@ import sys
 
 import pytest
 import yaml
-
-from lenet.tools.compare import compare
-from lenet.run.threads import available_cores
-
 from conftest import (
-    REPO, interrupt_after_first_checkpoint, job_summaries, read_json, read_jsonl, run_in_process, run_train,
+    REPO,
+    interrupt_after_first_checkpoint,
+    job_summaries,
+    read_json,
+    read_jsonl,
+    run_in_process,
+    run_train,
     wait_for_first_epoch,
-)  # fmt: skip
+)
 from wandb_records import OfflineRun
 
-SYNTHETIC = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
-             "device=cpu", "trainer.epochs=1"]  # fmt: skip
+from lenet.run.threads import available_cores
+from lenet.tools.compare import compare
+
+SYNTHETIC = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "trainer.epochs=1",
+]
 
 
 @pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
-    result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "pooling=avg,max", *SYNTHETIC,
-                       "logger=wandb", "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "pooling=avg,max",
+        *SYNTHETIC,
+        "logger=wandb",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     runs = [OfflineRun(tmp_path / "sweep" / str(n)) for n in range(2)]  # W&B from worker processes
     assert [r.run.display_name for r in runs] == ["pooling=avg", "pooling=max"]
@@ -54,17 +74,33 @@ def _processes(module, sweep):
 def _job_process(sweep, index):
     """The pid of the running `python -m hydra_plugins.lenet.job_process SWEEP/.../INDEX.job` process, or None."""
     pids = [
-        pid for pid, argv in _processes("hydra_plugins.lenet.job_process", sweep) if any(a.endswith(f"/{index}.job") for a in argv)
+        pid
+        for pid, argv in _processes("hydra_plugins.lenet.job_process", sweep)
+        if any(a.endswith(f"/{index}.job") for a in argv)
     ]
     return pids[0] if pids else None
 
 
 def _parallel_sweep(tmp_path, epochs):
     """A joblib sweep of three jobs, two at a time, started in the background."""
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", *SYNTHETIC, "device.num_threads=1",
-            "data.train_size=3000", f"trainer.epochs={epochs}", "hydra.sweep.dir=sweep"]  # fmt: skip
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=0,1,2",
+        *SYNTHETIC,
+        "device.num_threads=1",
+        "data.train_size=3000",
+        f"trainer.epochs={epochs}",
+        "hydra.sweep.dir=sweep",
+    ]
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -98,8 +134,9 @@ def test_sigterm_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_p
 @pytest.mark.slow
 def test_submitit_local_runs_the_sweep_as_local_processes(tmp_path):  # hydra/launcher=local: lenet's preset
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    result = run_train("-m", "hydra/launcher=local", "pooling=avg,max", *SYNTHETIC, "hydra.sweep.dir=sweep",
-                       cwd=tmp_path, timeout=300)  # fmt: skip
+    result = run_train(
+        "-m", "hydra/launcher=local", "pooling=avg,max", *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     summaries = job_summaries(tmp_path / "sweep")
     assert [s["pooling"] for s in summaries] == ["avg", "max"] and all(s["status"] == "completed" for s in summaries)
@@ -145,8 +182,15 @@ def test_a_job_its_launcher_may_run_again_continues_from_its_checkpoint(tmp_path
 def test_optuna_search_finds_the_best_trial(tmp_path):
     pytest.importorskip("optuna")
     fixed = [a for a in SYNTHETIC if not a.startswith("trainer.batch_size")]  # the search chooses it
-    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *fixed, "hydra.sweep.dir=sweep",
-                       cwd=tmp_path, timeout=300)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *fixed,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "sweep"
     summaries = job_summaries(sweep)
@@ -167,10 +211,23 @@ def test_optuna_search_finds_the_best_trial(tmp_path):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the job's process in /proc")
 def test_a_killed_submitit_job_fails_alone_with_the_sweeps_verdict(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    args = ["-m", "hydra/launcher=local", "seed=0,1", *SYNTHETIC, "device.num_threads=1", "data.train_size=3000",
-            "trainer.epochs=3", "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        "-m",
+        "hydra/launcher=local",
+        "seed=0,1",
+        *SYNTHETIC,
+        "device.num_threads=1",
+        "data.train_size=3000",
+        "trainer.epochs=3",
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     victims = [pid for pid, _ in _processes("submitit.core._submit", tmp_path / "sweep") if pid != proc.pid]
     assert victims
@@ -191,25 +248,46 @@ def _trials(sweep):
 @pytest.mark.slow
 def test_a_failing_optuna_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
     pytest.importorskip("optuna")
-    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "optimizer.lr=choice(0.05,-1)",
-                       *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        "optimizer.lr=choice(0.05,-1)",
+        *SYNTHETIC,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert "Traceback" not in result.stderr, result.stderr
     trials = _trials(tmp_path / "sweep")
     assert len(trials) == 4 and {t["state"] for t in trials} <= {"complete", "fail"}
     assert all((t["state"] == "fail") == (t["optimizer.lr"] == "-1") for t in trials)
     failed = sum(t["state"] == "fail" for t in trials)
-    assert result.returncode == (1 if failed else 0) and (not failed or f"{failed} of 4 jobs did not complete" in
-                                                          result.stderr)  # fmt: skip
+    assert result.returncode == (1 if failed else 0) and (
+        not failed or f"{failed} of 4 jobs did not complete" in result.stderr
+    )
 
 
 @pytest.mark.slow
 def test_a_stopped_optuna_search_continues_to_n_trials_from_its_checkpoints(tmp_path):
     pytest.importorskip("optuna")
     fixed = [a for a in SYNTHETIC if a not in ("trainer.epochs=1",)] + ["device.num_threads=1"]
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *fixed, "data.train_size=3000",
-            "trainer.epochs=3", "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *fixed,
+        "data.train_size=3000",
+        "trainer.epochs=3",
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)  # in trial 1
     _, err = proc.communicate(timeout=120)
@@ -228,13 +306,27 @@ def test_a_stopped_optuna_search_continues_to_n_trials_from_its_checkpoints(tmp_
 @pytest.mark.slow
 def test_hopeless_optuna_trials_are_pruned_after_an_epoch(tmp_path):
     pytest.importorskip("optuna")
-    pruner = ["hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "~hydra.sweeper.pruner.n_startup_trials",
-              "hydra.sweeper.pruner.n_warmup_steps=0", "+hydra.sweeper.pruner.lower=0.15"]  # fmt: skip
+    pruner = [
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "~hydra.sweeper.pruner.n_startup_trials",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        "+hydra.sweeper.pruner.lower=0.15",
+    ]
     fixed = [a for a in SYNTHETIC if a != "trainer.epochs=1"]
-    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", *pruner, "optimizer.lr=choice(0.05,1e-5)",
-                       *fixed, "data.train_size=2000", "device.num_threads=1", "trainer.epochs=3", "hydra.sweep.dir=sweep",
-                       cwd=tmp_path,
-                       timeout=300)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        *pruner,
+        "optimizer.lr=choice(0.05,1e-5)",
+        *fixed,
+        "data.train_size=2000",
+        "device.num_threads=1",
+        "trainer.epochs=3",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr  # a pruned trial ended as the search asked: no failure
     for trial in _trials(tmp_path / "sweep"):
         summary = read_json(tmp_path / "sweep" / trial["number"] / "summary.json")
@@ -259,9 +351,15 @@ class RecordStatus(Callback):
 @pytest.mark.slow
 def test_a_failed_sweep_job_reaches_hydra_as_failed_and_the_verdict_names_it(tmp_path):
     (tmp_path / "record_status.py").write_text(HYDRA_CALLBACK)
-    result = run_train("-m", "optimizer.lr=0.05,-1", *SYNTHETIC, "hydra.sweep.dir=sweep",
-                       "+hydra.callbacks.record._target_=record_status.RecordStatus", cwd=tmp_path,
-                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    result = run_train(
+        "-m",
+        "optimizer.lr=0.05,-1",
+        *SYNTHETIC,
+        "hydra.sweep.dir=sweep",
+        "+hydra.callbacks.record._target_=record_status.RecordStatus",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     statuses = read_jsonl(tmp_path / "sweep" / "statuses.jsonl")
     assert [s["status"] for s in statuses] == ["COMPLETED", "FAILED"]  # what Hydra itself recorded
@@ -274,15 +372,25 @@ def test_a_failed_sweep_job_reaches_hydra_as_failed_and_the_verdict_names_it(tmp
 def test_the_optuna_objective_and_direction_are_any_summary_key_either_way(tmp_path):
     pytest.importorskip("optuna")
     fixed = [a for a in SYNTHETIC if not a.startswith("trainer.batch_size")]
-    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null",
-                       "hydra.sweeper.objective=final_test_loss", "hydra.sweeper.direction=minimize", *fixed,
-                       "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.objective=final_test_loss",
+        "hydra.sweeper.direction=minimize",
+        *fixed,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     losses = [s["final_test_loss"] for s in job_summaries(tmp_path / "sweep")]
     assert results["objective"] == "final_test_loss" and results["best_value"] == min(losses) < max(losses)
-    bad = run_train("-m", "hparams_search=optuna", "hydra.sweeper.objective=test_acc", *fixed,
-                    "hydra.sweep.dir=bad", cwd=tmp_path)  # fmt: skip
+    bad = run_train(
+        "-m", "hparams_search=optuna", "hydra.sweeper.objective=test_acc", *fixed, "hydra.sweep.dir=bad", cwd=tmp_path
+    )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
     assert "error: hydra.sweeper.objective must be a summary.json key" in bad.stderr
     assert not (tmp_path / "bad").exists()  # refused before any trial or folder
@@ -291,9 +399,17 @@ def test_the_optuna_objective_and_direction_are_any_summary_key_either_way(tmp_p
 @pytest.mark.slow
 def test_a_search_whose_trials_keep_failing_stops_at_max_failure_rate(tmp_path):
     pytest.importorskip("optuna")
-    result = run_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "optimizer.lr=choice(-1,-2)",
-                       "hydra.sweeper.max_failure_rate=0.5", *SYNTHETIC, "hydra.sweep.dir=sweep", cwd=tmp_path,
-                       timeout=300)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=6",
+        "optimizer.lr=choice(-1,-2)",
+        "hydra.sweeper.max_failure_rate=0.5",
+        *SYNTHETIC,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     trials = _trials(tmp_path / "sweep")
     assert [t["state"] for t in trials] == ["fail"]  # the first trial failed: 100% > 50%, nothing more ran
@@ -304,8 +420,15 @@ def test_a_search_whose_trials_keep_failing_stops_at_max_failure_rate(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_names_the_processes_launcher_and_refuses_keys_it_does_not_honour(tmp_path):
-    result = run_train("-m", "hydra/launcher=joblib", "+hydra.launcher.backend=loky", "seed=0,1", *SYNTHETIC,
-                       "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    result = run_train(
+        "-m",
+        "hydra/launcher=joblib",
+        "+hydra.launcher.backend=loky",
+        "seed=0,1",
+        *SYNTHETIC,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "takes n_jobs and kill_after, not hydra.launcher.backend: drop it" in result.stderr
 

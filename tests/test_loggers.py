@@ -3,15 +3,23 @@
 import logging
 
 import pytest
+from conftest import REPO, doc_block, read_json, read_jsonl, run_train
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, doc_block, read_json, read_jsonl, run_train
-from lenet.run.config import register_configs, to_typed
 from lenet.core.errors import ConfigError
+from lenet.run.config import register_configs, to_typed
 from lenet.run.loggers import Logger, Loggers, build_loggers
 
-TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu",
-        "device.num_threads=1", "trainer.epochs=2", "hydra.run.dir=run"]  # fmt: skip
+TINY = [
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.epochs=2",
+    "hydra.run.dir=run",
+]
 
 
 def readme_block(first_line: str) -> str:
@@ -25,8 +33,9 @@ def test_the_readme_logger_recipe_runs_beside_wandb(tmp_path):
     (tmp_path / "my_conf" / "logger" / "acc_file.yaml").write_text(readme_block("# my_conf/logger/acc_file.yaml"))
     command = readme_block("PYTHONPATH=. python train.py 'logger=[wandb,acc_file]'").split()
     overrides = [a.strip("'").replace("$PWD", str(tmp_path)) for a in command[3:]]
-    result = run_train(*overrides, "logger.acc_file.prefix=top1", *TINY, cwd=tmp_path,
-                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    result = run_train(
+        *overrides, "logger.acc_file.prefix=top1", *TINY, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}
+    )
     assert result.returncode == 0, result.stderr
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     expected = [f"top1 {row['epoch']} {row['test_acc']:.4f}" for row in metrics]
@@ -70,14 +79,20 @@ def test_a_target_that_is_not_a_logger_or_takes_other_arguments_is_one_line(tmp_
     with pytest.raises(ConfigError, match=r"logger.x._target_=builtins.dict has no log_row or finish method"):
         build_loggers({"x": {"_target_": "builtins.dict"}}, {"run_dir": tmp_path})
     with pytest.raises(ConfigError, match=r"takes no argument logger.tb.colour='red'"):
-        build_loggers({"tb": {"_target_": "lenet.run.loggers.TensorBoardLogger", "colour": "red"}}, {"run_dir": tmp_path})
+        build_loggers(
+            {"tb": {"_target_": "lenet.run.loggers.TensorBoardLogger", "colour": "red"}}, {"run_dir": tmp_path}
+        )
 
 
 @pytest.mark.slow
 def test_a_run_whose_logger_cannot_start_fails_in_one_line_before_training(tmp_path):
     result = run_train("logger=tensorboard", "+logger.tensorboard.colour=red", *TINY, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: lenet.run.loggers.TensorBoardLogger takes no argument")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: lenet.run.loggers.TensorBoardLogger takes no argument")
+    )
     assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
 
@@ -115,8 +130,11 @@ def test_tensorboard_of_a_resumed_run_ends_as_its_checkpoint_history(tmp_path):
     resumed.resume([{"epoch": 1, "test_acc": 0.1}, {"epoch": 2, "test_acc": 0.2}])
     resumed.log_row({"epoch": 3, "test_acc": 0.35}, 3)
     resumed.finish({"status": "completed"}, 0)
-    assert _scalars(tmp_path / "tensorboard", "test_acc") == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2)),
-                                                              (3, pytest.approx(0.35))]  # fmt: skip
+    assert _scalars(tmp_path / "tensorboard", "test_acc") == [
+        (1, pytest.approx(0.1)),
+        (2, pytest.approx(0.2)),
+        (3, pytest.approx(0.35)),
+    ]
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (REPO / "conf" / "logger").glob("*.yaml")))

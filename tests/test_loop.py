@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_in_process
 
 from lenet.core.data import Split
 from lenet.core.metrics import build_metrics
@@ -12,8 +13,6 @@ from lenet.core.schedules import constant
 from lenet.train.callbacks import Callbacks
 from lenet.train.loop import FitSettings, evaluate, fit, train_epoch
 from lenet.train.state import TrainState
-
-from conftest import run_in_process
 
 
 def data(n=256, seed=0):
@@ -25,8 +24,13 @@ def state(optimizer_class=torch.optim.SGD, scheduler=None, seed=0, **optimizer_a
     torch.manual_seed(0)
     model = create_model("lenet5")
     optimizer = optimizer_class(model.parameters(), **{"lr": 0.01, **optimizer_args})
-    return TrainState(model, optimizer, scheduler(optimizer) if scheduler else Scheduler(constant(optimizer), "epoch"),
-                      F.cross_entropy, torch.Generator().manual_seed(seed))  # fmt: skip
+    return TrainState(
+        model,
+        optimizer,
+        scheduler(optimizer) if scheduler else Scheduler(constant(optimizer), "epoch"),
+        F.cross_entropy,
+        torch.Generator().manual_seed(seed),
+    )
 
 
 def settings(split, batch_size, **kwargs):
@@ -44,8 +48,11 @@ def test_an_epoch_reads_back_from_the_device_once(monkeypatch):
 
 def test_a_per_step_scheduler_steps_after_every_optimizer_step():
     asked = []
-    run = state(scheduler=lambda opt: Scheduler(
-        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: asked.append(step) or 1 / (1 + step)), "step"))  # fmt: skip
+    run = state(
+        scheduler=lambda opt: Scheduler(
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda step: asked.append(step) or 1 / (1 + step)), "step"
+        )
+    )
     for _ in range(2):
         train_epoch(run, settings(data(64), 16), Callbacks())
     assert asked == list(range(9))  # step 0 when built, then after each of the 8 steps
@@ -92,8 +99,15 @@ def test_a_diverging_loss_raises_before_the_epoch_is_recorded():
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    summary, run_dir = run_in_process(tmp_path, "bf16", "data.train_size=512", "trainer.epochs=2", "trainer.precision=bf16",
-                                      "optimizer=adam", "scheduler=none")  # fmt: skip
+    summary, run_dir = run_in_process(
+        tmp_path,
+        "bf16",
+        "data.train_size=512",
+        "trainer.epochs=2",
+        "trainer.precision=bf16",
+        "optimizer=adam",
+        "scheduler=none",
+    )
     assert summary["status"] == "completed" and summary["final_train_loss"] < 2.3
     weights = torch.load(run_dir / "lenet_synthetic.pth")
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast, not a bf16 model

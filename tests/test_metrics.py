@@ -2,15 +2,22 @@
 
 import pytest
 import torch
-
-from lenet.tools.compare import compare, main as compare_main
-from lenet.core.errors import ConfigError
-from lenet.core.metrics import compute, get_metric, per_class_accuracy, top5
-
 from conftest import read_json, read_jsonl, run_train
 
-TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
-        "device=cpu", "trainer.epochs=2"]  # fmt: skip
+from lenet.core.errors import ConfigError
+from lenet.core.metrics import compute, get_metric, per_class_accuracy, top5
+from lenet.tools.compare import compare
+from lenet.tools.compare import main as compare_main
+
+TINY = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "trainer.epochs=2",
+]
 
 
 def test_top5_and_per_class_accuracy_by_hand():
@@ -43,8 +50,15 @@ def mean_max_score(scores, targets):
 def test_metrics_reach_metrics_jsonl_the_summary_and_compare(tmp_path):
     (tmp_path / "my_metrics.py").write_text(MY_METRIC)
     metrics = "trainer.metrics=[top5,per_class_accuracy,my_metrics.mean_max_score]"
-    result = run_train("-m", "pooling=avg,max", metrics, *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path,
-                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    result = run_train(
+        "-m",
+        "pooling=avg,max",
+        metrics,
+        *TINY,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     rows = read_jsonl(tmp_path / "sweep" / "0" / "metrics.jsonl")
     assert all(0 < r["test_top5"] <= 1 and r["test_top5"] >= r["test_acc"] for r in rows)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import REPO
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -9,8 +10,6 @@ from lenet.core import schedules
 from lenet.core.errors import ConfigError
 from lenet.core.models import create_model
 from lenet.core.optim import build_optimizer, build_scheduler
-
-from conftest import REPO
 
 CPU = torch.device("cpu")
 METRICS = ["epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"]
@@ -125,15 +124,19 @@ def test_a_models_parameter_groups_are_used():
 @pytest.mark.parametrize(
     "cfg,fragments",
     [
-        ({"_target_": "torch.optim.NAdam", "lr": 1e-3, "momentum": 0.9},
-         ["takes no argument optimizer.momentum=0.9", "'~optimizer.momentum'", "momentum_decay"]),
-        ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": -0.5},
-         ["refused its arguments", "momentum=-0.5", "Invalid momentum value"]),
+        (
+            {"_target_": "torch.optim.NAdam", "lr": 1e-3, "momentum": 0.9},
+            ["takes no argument optimizer.momentum=0.9", "'~optimizer.momentum'", "momentum_decay"],
+        ),
+        (
+            {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": -0.5},
+            ["refused its arguments", "momentum=-0.5", "Invalid momentum value"],
+        ),
         ({"_target_": "torch.optim.SGD", "lr": float("nan")}, ["optimizer.lr must be a finite number > 0, got nan"]),
         ({"_target_": "torch.optim.Nope", "lr": 1.0}, ["optimizer._target_=torch.optim.Nope", "torch.optim.Nope"]),
         ({"lr": 1.0}, ["optimizer has no _target_"]),
     ],
-)  # fmt: skip
+)
 def test_a_wrong_optimizer_argument_is_one_line_naming_it(cfg, fragments):
     with pytest.raises(ConfigError) as error:
         build_optimizer(create_model("lenet5"), cfg, CPU)

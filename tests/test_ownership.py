@@ -9,12 +9,11 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, run_in_process
 
 from lenet.core.errors import UserError
 from lenet.run.folders import FolderError, check_fresh, check_job_folder, hold, holding, release
 from lenet.run.sweep_dir import job_identity, known_jobs, read_sweep_record, sweep_definition
-
-from conftest import REPO, run_in_process
 
 HOLDER = textwrap.dedent("""\
     import sys, time
@@ -43,9 +42,13 @@ def held_by_another_process():
         process.wait()
 
 
-def test_a_folder_held_by_another_process_is_refused_naming_it_and_freed_when_it_dies(tmp_path, held_by_another_process):
+def test_a_folder_held_by_another_process_is_refused_naming_it_and_freed_when_it_dies(
+    tmp_path, held_by_another_process
+):
     holder = held_by_another_process(tmp_path / "run")
-    with pytest.raises(FolderError, match=rf"run is in use by process {holder.pid} on .* \(.*-c .*since .*\): wait for it"):
+    with pytest.raises(
+        FolderError, match=rf"run is in use by process {holder.pid} on .* \(.*-c .*since .*\): wait for it"
+    ):
         hold(tmp_path / "run", "hydra.run.dir")
     holder.kill()  # as kill -9 would: the OS frees the lock with the process
     holder.wait()
@@ -97,8 +100,9 @@ def test_each_job_gets_the_folder_that_holds_it_and_new_jobs_distinct_free_ones(
     assert subdirs(first) == ["0", "1"]
     for folder in ("0", "1"):
         (tmp_path / folder).mkdir()
-    again = assign_folders(tmp_path, [["pooling=max", "seed=0"], ["seed=1", "pooling=max"], ["pooling=avg", "seed=0"]],
-                           ["0", "1", "2"])  # fmt: skip
+    again = assign_folders(
+        tmp_path, [["pooling=max", "seed=0"], ["seed=1", "pooling=max"], ["pooling=avg", "seed=0"]], ["0", "1", "2"]
+    )
     assert subdirs(again) == ["1", "2", "0"]  # jobs 0 and 1 found by their overrides; the new one in a free folder
     same = assign_folders(tmp_path, [["seed=5"], ["seed=6"], ["seed=7"]], ["same", "same", "same"])
     assert subdirs(same) == ["same", "same-1", "same-2"]  # a subdir that is not unique never shares a folder
@@ -167,9 +171,8 @@ def test_a_locked_study_storage_is_waited_for_and_one_locked_too_long_is_one_lin
 
 
 def test_a_study_storage_that_cannot_be_opened_is_one_line(tmp_path):
-    from lenet.core.errors import ConfigError
-
     import hydra_plugins.lenet.optuna_study as study
+    from lenet.core.errors import ConfigError
 
     (tmp_path / "garbage.db").write_bytes(b"\0not a database\0" * 100)
     with pytest.raises(ConfigError, match=r"garbage.db cannot be opened as an Optuna storage"):
@@ -181,9 +184,8 @@ def test_a_study_storage_that_cannot_be_opened_is_one_line(tmp_path):
 def test_a_study_of_another_search_space_or_one_not_resumed_is_refused(tmp_path):
     from optuna.distributions import FloatDistribution
 
-    from lenet.core.errors import ConfigError
-
     import hydra_plugins.lenet.optuna_study as study
+    from lenet.core.errors import ConfigError
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     storage = study.open_storage(url)

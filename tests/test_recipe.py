@@ -4,13 +4,19 @@ import csv
 
 import pytest
 import torch
+from conftest import exact_resume_check, read_json, read_jsonl, run_train
 
 from lenet.tools.compare import compare
 
-from conftest import exact_resume_check, read_json, read_jsonl, run_train
-
-TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
-        "device=cpu", "trainer.epochs=1"]  # fmt: skip
+TINY = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "trainer.epochs=1",
+]
 
 NADAM_YAML = """\
 _target_: torch.optim.NAdam
@@ -24,8 +30,13 @@ momentum_decay: 4e-3
 def test_an_optimizer_added_as_one_yaml_file_on_the_search_path_trains(tmp_path):
     (tmp_path / "my_conf" / "optimizer").mkdir(parents=True)
     (tmp_path / "my_conf" / "optimizer" / "my_nadam.yaml").write_text(NADAM_YAML)
-    result = run_train("optimizer=my_nadam", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", *TINY,
-                       "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    result = run_train(
+        "optimizer=my_nadam",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        *TINY,
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["status"] == "completed" and summary["optimizer"] == "my_nadam"
@@ -42,8 +53,9 @@ def test_any_torch_optimizer_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["status"] == "completed" and summary["optimizer"] == "torch.optim.NAdam"  # not "sgd"
-    from_adam = run_train("optimizer=adam", "optimizer._target_=torch.optim.NAdam", *TINY, "hydra.run.dir=adam",
-                          cwd=tmp_path)  # fmt: skip
+    from_adam = run_train(
+        "optimizer=adam", "optimizer._target_=torch.optim.NAdam", *TINY, "hydra.run.dir=adam", cwd=tmp_path
+    )
     assert (
         from_adam.returncode == 0 and read_json(tmp_path / "adam" / "summary.json")["optimizer"] == "torch.optim.NAdam"
     )
@@ -70,11 +82,20 @@ def test_labels_in_summaries_and_the_comparison_csv_are_the_chosen_options(tmp_p
     ]
 
 
-STEP_LR = ["scheduler._target_=torch.optim.lr_scheduler.StepLR", "scheduler.interval=epoch", "+scheduler.step_size=1",
-           "+scheduler.gamma=0.5"]  # fmt: skip
-PLATEAU = ["scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau", "scheduler.interval=epoch",
-           "+scheduler.monitor=train_loss", "+scheduler.patience=0", "+scheduler.factor=0.5",
-           "+scheduler.threshold=10.0"]  # fmt: skip
+STEP_LR = [
+    "scheduler._target_=torch.optim.lr_scheduler.StepLR",
+    "scheduler.interval=epoch",
+    "+scheduler.step_size=1",
+    "+scheduler.gamma=0.5",
+]
+PLATEAU = [
+    "scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+    "scheduler.interval=epoch",
+    "+scheduler.monitor=train_loss",
+    "+scheduler.patience=0",
+    "+scheduler.factor=0.5",
+    "+scheduler.threshold=10.0",
+]
 
 
 @pytest.mark.parametrize("scheduler", [STEP_LR, PLATEAU], ids=["StepLR", "ReduceLROnPlateau"])
@@ -175,9 +196,17 @@ def test_a_three_channel_dataset_of_your_own_is_one_loader_and_one_yaml(tmp_path
     (tmp_path / "my_data.py").write_text(TINY_RGB)
     (tmp_path / "my_conf" / "data").mkdir(parents=True)
     (tmp_path / "my_conf" / "data" / "tiny_rgb.yaml").write_text(TINY_RGB_YAML)
-    result = run_train("data=tiny_rgb", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "logger=none",
-                       "device=cpu", "trainer.epochs=2", "trainer.batch_size=32", "hydra.run.dir=run", cwd=tmp_path,
-                       env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    result = run_train(
+        "data=tiny_rgb",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "logger=none",
+        "device=cpu",
+        "trainer.epochs=2",
+        "trainer.batch_size=32",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["dataset"] == "tiny_rgb" and summary["status"] == "completed"
@@ -185,8 +214,15 @@ def test_a_three_channel_dataset_of_your_own_is_one_loader_and_one_yaml(tmp_path
     assert summary["final_test_acc"] > 0.4  # chance is 0.25: the images and labels reach the model together
     weights = torch.load(tmp_path / "run" / "lenet_tiny_rgb.pth")
     assert weights["conv1.weight"].shape == (6, 3, 5, 5) and weights["fc3.weight"].shape == (4, 84)
-    classic = run_train("data=tiny_rgb", "model=lenet5_classic", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
-                        "logger=none", "device=cpu", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    classic = run_train(
+        "data=tiny_rgb",
+        "model=lenet5_classic",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "logger=none",
+        "device=cpu",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert classic.returncode == 1 and classic.stderr.count("\n") == 1, classic.stderr  # refused before any work
     assert "model=lenet5_classic takes 1-channel images in 10 classes" in classic.stderr
     assert "this data has 3 channels and 4 classes: use model=lenet5" in classic.stderr

@@ -9,18 +9,26 @@ import time
 
 import pytest
 import torch
+from conftest import (
+    REPO,
+    SYNTHETIC,
+    as_if_interrupted,
+    compose_config,
+    read_json,
+    read_jsonl,
+    run_in_process,
+    run_train,
+    wait_for_first_epoch,
+    without_time,
+)
 from torch import nn
 
 import lenet.core.models as models
-from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lenet.core.errors import CheckpointError, ConfigError, DivergedError
+from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lenet.run.job import JobInfo
 from lenet.run.lifecycle import run_job
 
-from conftest import (
-    REPO, SYNTHETIC, as_if_interrupted, compose_config, read_json, read_jsonl, run_in_process, run_train,
-    wait_for_first_epoch, without_time,
-)  # fmt: skip
 
 def test_same_seed_gives_bit_identical_results_on_cpu(tmp_path):
     a, dir_a = run_in_process(tmp_path, "a", "data.train_size=512", "trainer.epochs=2")
@@ -195,8 +203,8 @@ def test_the_interrupted_message_offers_resume_only_when_a_checkpoint_exists(tmp
 
 
 def test_a_signal_received_before_a_job_starts_stops_it_at_once(tmp_path, monkeypatch):
-    from lenet.run import signals
     from lenet.core.errors import Interrupted
+    from lenet.run import signals
 
     monkeypatch.setattr(signals, "pending", signal.SIGTERM)  # as if it came during start-up or between jobs
     with pytest.raises(Interrupted, match="SIGTERM"):
@@ -210,8 +218,14 @@ def test_a_signal_received_before_a_job_starts_stops_it_at_once(tmp_path, monkey
 def test_sigterm_during_start_up_is_honoured_without_a_traceback(tmp_path, delay):
     args = [*SYNTHETIC, "data.train_size=256", "trainer.epochs=3", "hydra.run.dir=run"]
     env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)  # importing Hydra, composing, importing torch
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -224,11 +238,16 @@ def test_sigterm_during_start_up_is_honoured_without_a_traceback(tmp_path, delay
 @pytest.mark.slow
 def test_sigterm_between_sweep_jobs_stops_the_sweep_without_a_traceback(tmp_path):
     args = ["-m", *SYNTHETIC, "data.train_size=256", "trainer.epochs=1", "seed=0,1,2", "hydra.sweep.dir=sweep"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = tmp_path / "sweep" / "0" / "summary.json"
     deadline = time.time() + 120
-    while not first.exists() and time.time() < deadline:
+    while not (first.exists() and '"completed"' in first.read_text()) and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)  # job 0 has ended, job 1 is about to start
     _, stderr = proc.communicate(timeout=120)

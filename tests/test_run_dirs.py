@@ -1,13 +1,21 @@
 """A run's folder is its own: never shared with another run, never rewritten by a refused or failed resume."""
 
 import pytest
-
 from conftest import read_json, run_train
 
-TINY = ["logger=none", "data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
-        "device=cpu", "device.num_threads=1", "trainer.epochs=1"]  # fmt: skip
+TINY = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.epochs=1",
+]
 
 
+@pytest.mark.slow
 def test_a_dated_folder_taken_by_another_run_gets_a_suffix(tmp_path):
     # a dated pattern that two runs always share: as two runs started in the same second share Hydra's default
     pattern = "hydra.run.dir=outputs/${now:%Y}"
@@ -53,6 +61,7 @@ def test_sweeps_get_their_own_dirs_and_a_named_dir_holding_a_sweep_is_refused(tm
         assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != ".hydra") == ["0", "1"]
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     result = run_train(*sweep, f"hydra.sweep.dir={first}", cwd=tmp_path)
-    assert result.returncode == 1 and result.stderr.strip().endswith("choose another hydra.sweep.dir, or delete "
-                                                                     "that folder to start over there")  # fmt: skip
+    assert result.returncode == 1 and result.stderr.strip().endswith(
+        "choose another hydra.sweep.dir, continue it with trainer.resume=true, or delete that folder to start over there"
+    )
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before

@@ -7,12 +7,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch, without_time
 
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
-JOB = ["logger=none", "data=synthetic", "data.train_size=12000", "data.test_size=200", "trainer.batch_size=64",
-       "device=cpu", "device.num_threads=1", "trainer.epochs=8"]  # fmt: skip
+JOB = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=12000",
+    "data.test_size=200",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.epochs=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +43,23 @@ def _state(job, env):
 def test_a_sweep_on_slurm_completes_and_a_requeued_job_resumes_bit_for_bit(slurm, tmp_path):
     env = {**os.environ, "SLURM_CONF": slurm, "WANDB_MODE": "offline"}
     # the README's SLURM recipe, with the resources of this 2-core test node
-    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-            "seed=0,1,2,3", *JOB, "hydra.sweep.dir=sweep"]  # fmt: skip
-    sweep = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "seed=0,1,2,3",
+        *JOB,
+        "hydra.sweep.dir=sweep",
+    ]
+    sweep = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl", timeout=120)
     squeue = subprocess.run(["squeue", "-h", "-t", "running", "-o", "%i"], env=env, capture_output=True, text=True)
     (job,) = [j for j in squeue.stdout.split() if j.endswith("_1")]

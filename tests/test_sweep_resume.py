@@ -5,11 +5,18 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch, without_time
 
-TINY = ["logger=none", "data=synthetic", "data.train_size=2000", "data.test_size=128", "trainer.batch_size=64",
-        "device=cpu", "device.num_threads=1", "trainer.epochs=3"]  # fmt: skip
+TINY = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=2000",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.epochs=3",
+]
 
 
 @pytest.mark.slow
@@ -18,8 +25,13 @@ def test_a_stopped_sweep_resumed_completes_only_what_is_missing(tmp_path, launch
     sweep = ["-m", f"hydra/launcher={launcher}", "seed=0,1,2", "optimizer.lr=0.05,1e9", *TINY]
     if launcher == "joblib":
         sweep.append("hydra.launcher.n_jobs=1")  # one at a time: the signal lands in a known job
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *sweep, "hydra.sweep.dir=sweep"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *sweep, "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "sweep" / "2" / "metrics.jsonl")  # job 2 (seed=1, lr=0.05) has an epoch
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)

@@ -4,11 +4,10 @@ import time
 
 import pytest
 import torch
+from conftest import interrupt_after_first_checkpoint, run_in_process
 
 import lenet.run.threads as threads
 from lenet.core.errors import Interrupted
-
-from conftest import interrupt_after_first_checkpoint, run_in_process
 
 CPU = torch.device("cpu")
 
@@ -42,10 +41,14 @@ def test_the_probe_picks_the_fastest_thread_count_and_restores_the_setting(monke
     assert torch.get_num_threads() == before
 
 
-def test_a_pinned_count_and_an_accelerator_skip_the_probe(monkeypatch):
+def test_the_default_is_the_jobs_share_of_the_cores_and_only_probe_probes(monkeypatch):
     monkeypatch.setattr(threads, "_probe_step", lambda: pytest.fail("the probe ran"))
     assert threads.choose_num_threads(3, CPU, parallel_jobs=1) == (3, {})
-    assert threads.choose_num_threads(None, torch.device("cuda"), parallel_jobs=1)[1] == {}
+    assert threads.choose_num_threads(None, CPU, parallel_jobs=1) == (threads.thread_budget(1), {})  # whatever the load
+    assert threads.choose_num_threads(None, CPU, parallel_jobs=64) == (1, {})
+    assert threads.choose_num_threads("probe", torch.device("cuda"), parallel_jobs=1)[1] == {}
+    monkeypatch.setattr(threads, "probe_num_threads", lambda budget: (1, {1: 0.001, 2: 0.002}))
+    assert threads.choose_num_threads("probe", CPU, parallel_jobs=1) == (1, {1: 0.001, 2: 0.002})
 
 
 def test_the_real_probe_runs_a_few_steps_and_leaves_the_rng_alone():
@@ -58,7 +61,7 @@ def test_the_real_probe_runs_a_few_steps_and_leaves_the_rng_alone():
 
 
 def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
-    overrides = ["device.num_threads=null", "data.train_size=256", "trainer.epochs=2"]
+    overrides = ["device.num_threads=probe", "data.train_size=256", "trainer.epochs=2"]
     monkeypatch.setattr(threads, "probe_num_threads", lambda budget: (1, {1: 0.001}))
     interrupt_after_first_checkpoint(monkeypatch)
     with pytest.raises(Interrupted):
@@ -67,3 +70,23 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypa
     monkeypatch.setattr(threads, "probe_num_threads", lambda budget: pytest.fail("a resumed run probed again"))
     summary, _ = run_in_process(tmp_path, "run", *overrides, "trainer.resume=true")
     assert summary["status"] == "completed" and summary["resumed_from_epoch"] == 1 and summary["num_threads"] == 1
+
+
+@pytest.mark.slow
+def test_the_same_command_gives_the_same_rows_on_a_quiet_and_on_a_busy_machine(tmp_path):
+    import subprocess
+
+    from conftest import read_jsonl, run_train, without_time
+
+    args = ["logger=none", "data=synthetic", "data.train_size=2000", "trainer.epochs=2", "device=cpu"]
+    quiet = run_train(*args, "hydra.run.dir=quiet", cwd=tmp_path)
+    busy = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]  # every core taken
+    try:
+        loaded = run_train(*args, "hydra.run.dir=busy", cwd=tmp_path)
+    finally:
+        for process in busy:
+            process.kill()
+    assert quiet.returncode == loaded.returncode == 0, quiet.stderr + loaded.stderr
+    assert without_time(read_jsonl(tmp_path / "quiet" / "metrics.jsonl")) == without_time(
+        read_jsonl(tmp_path / "busy" / "metrics.jsonl")
+    )

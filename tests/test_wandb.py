@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
 from wandb_records import OfflineRun
 
@@ -15,8 +14,17 @@ SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "tra
 
 @pytest.mark.slow
 def test_offline_run_records_history_config_summary_and_weights(tmp_path):
-    result = run_train("logger=wandb", "logger.wandb.log_model=true", "logger.wandb.group=ablation",
-                       "logger.wandb.name=first", "logger.wandb.tags=[a,b]", *SYNTHETIC, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    result = run_train(
+        "logger=wandb",
+        "logger.wandb.log_model=true",
+        "logger.wandb.group=ablation",
+        "logger.wandb.name=first",
+        "logger.wandb.tags=[a,b]",
+        *SYNTHETIC,
+        "trainer.epochs=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "run"
     wb = OfflineRun(run_dir)  # its files live inside the Hydra run dir
@@ -37,9 +45,16 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
 @pytest.mark.slow
 def test_sweep_jobs_share_a_group_and_a_failed_job_is_finished_as_failed(tmp_path):
     result = run_train(
-        "-m", "logger=wandb", "data=mnist,synthetic", "data.root=nowhere", "data.download=false", *SYNTHETIC[1:],
-        "trainer.epochs=1", "hydra.sweep.dir=sweep", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        "logger=wandb",
+        "data=mnist,synthetic",
+        "data.root=nowhere",
+        "data.download=false",
+        *SYNTHETIC[1:],
+        "trainer.epochs=1",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode != 0  # the sweep as a whole reports its failed job ...
     assert "1 of 2 jobs did not complete" in result.stderr and "mnist not found" in result.stderr
     failed, completed = OfflineRun(tmp_path / "sweep" / "0"), OfflineRun(tmp_path / "sweep" / "1")
@@ -101,8 +116,15 @@ def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_p
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=5", "hydra.run.dir=run"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     # a session of its own, so that the test can signal the whole process group as a terminal's Ctrl-C does
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     wait_for_first_epoch(metrics)
     os.killpg(proc.pid, signal.SIGINT)  # the W&B process gets it too, and must outlive it
@@ -121,8 +143,13 @@ def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
     # and the resumed run gives W&B every epoch again
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "hydra.run.dir=run"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
     proc.kill()
     proc.wait(timeout=60)

@@ -13,7 +13,12 @@ from typing import Any, Sequence
 
 
 def execute_job(
-    idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, task_function: Any, singleton_state: Any,
+    idx: int,
+    overrides: Sequence[str],
+    hydra_context: Any,
+    config: Any,
+    task_function: Any,
+    singleton_state: Any,
     context: dict,
 ) -> Any:
     """Compose job ``idx``'s config from the sweep's and run it in the folder it claimed, in ``context``."""

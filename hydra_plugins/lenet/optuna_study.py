@@ -74,8 +74,10 @@ def open_storage(url: str) -> Any:
     path = sqlite_path(url)
     if path is not None:
         if not path.parent.is_dir():
-            raise ConfigError(f"hydra.sweeper.storage={url}: the folder {path.parent} does not exist; create it or "
-                              "choose another storage")  # fmt: skip
+            raise ConfigError(
+                f"hydra.sweeper.storage={url}: the folder {path.parent} does not exist; create it or "
+                "choose another storage"
+            )
         hold(path, "hydra.sweeper.storage (or hydra.sweep.dir)", is_file=True)  # one search per study file
     try:
         engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}} if path is not None else None
@@ -84,8 +86,10 @@ def open_storage(url: str) -> Any:
         raise
     except Exception as e:  # not a database, a foreign schema, an unreachable server, ...
         reason = " ".join(str(e).split())[:200]
-        raise ConfigError(f"hydra.sweeper.storage={url} cannot be opened as an Optuna storage "
-                          f"({type(e).__name__}: {reason}); move it away or choose another storage") from None  # fmt: skip
+        raise ConfigError(
+            f"hydra.sweeper.storage={url} cannot be opened as an Optuna storage "
+            f"({type(e).__name__}: {reason}); move it away or choose another storage"
+        ) from None
 
 
 def open_study(storage: Any, url: str, name: str, direction: str, space: Dict[str, Any], resume: bool) -> Any:
@@ -103,13 +107,16 @@ def open_study(storage: Any, url: str, name: str, direction: str, space: Dict[st
         recorded = {k: d for t in study.get_trials(deepcopy=False) for k, d in t.distributions.items()}
         differ = sorted(k for k in set(recorded) | set(space) if recorded.get(k) != space.get(k))
         if differ:
-            raise ConfigError(f"the study {name} in {url} was searched over another space ({', '.join(differ)} "
-                              "differ); search it with the same space, or choose another hydra.sweeper.study_name")  # fmt: skip
+            raise ConfigError(
+                f"the study {name} in {url} was searched over another space ({', '.join(differ)} "
+                "differ); search it with the same space, or choose another hydra.sweeper.study_name"
+            )
         if study.direction.name.lower() != direction:
             raise ConfigError(f"the study {name} in {url} was made to {study.direction.name.lower()}, not {direction}")
         return study
-    return retrying(url, lambda: optuna.create_study(study_name=name, storage=storage, direction=direction,
-                                                     load_if_exists=True))  # fmt: skip
+    return retrying(
+        url, lambda: optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    )
 
 
 def sampler(node: Any, trials_made: int) -> Any:
@@ -127,9 +134,15 @@ def write_results(study: Any, sweep_dir: Path, objective: str, direction: str) -
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.COMPLETE for t in trials):
         best = study.best_trial
-        results = {"name": "optuna", "objective": objective, "direction": direction, "best_trial": best.number,
-                   "best_params": best.params, "best_value": best.value,
-                   "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}}  # fmt: skip
+        results = {
+            "name": "optuna",
+            "objective": objective,
+            "direction": direction,
+            "best_trial": best.number,
+            "best_params": best.params,
+            "best_value": best.value,
+            "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        }
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
     keys = sorted({k for t in trials for k in t.params})
     with open(sweep_dir / TRIALS_FILE, "w", newline="") as handle:

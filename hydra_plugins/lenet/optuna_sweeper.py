@@ -87,13 +87,20 @@ def check_settings(settings: OptunaSweeperConf) -> None:
     problems = [
         (settings.n_trials >= 1, f"hydra.sweeper.n_trials must be >= 1, got {settings.n_trials}"),
         (settings.n_jobs >= 1, f"hydra.sweeper.n_jobs must be >= 1 (trials launched at once), got {settings.n_jobs}"),
-        (settings.direction in ("maximize", "minimize"),
-         f"hydra.sweeper.direction must be maximize or minimize, got {settings.direction!r}"),
-        (0 <= settings.max_failure_rate <= 1,
-         f"hydra.sweeper.max_failure_rate must be in [0, 1], got {settings.max_failure_rate}"),
-        (objective_ok, f"hydra.sweeper.objective must be a summary.json key: one of {', '.join(OBJECTIVES)} or "
-                       f"final_test_<metric>, got {settings.objective!r}"),
-    ]  # fmt: skip
+        (
+            settings.direction in ("maximize", "minimize"),
+            f"hydra.sweeper.direction must be maximize or minimize, got {settings.direction!r}",
+        ),
+        (
+            0 <= settings.max_failure_rate <= 1,
+            f"hydra.sweeper.max_failure_rate must be in [0, 1], got {settings.max_failure_rate}",
+        ),
+        (
+            objective_ok,
+            f"hydra.sweeper.objective must be a summary.json key: one of {', '.join(OBJECTIVES)} or "
+            f"final_test_<metric>, got {settings.objective!r}",
+        ),
+    ]
     for ok, message in problems:
         if not ok:
             raise ConfigError(message)
@@ -133,9 +140,14 @@ class OptunaSweeper(Sweeper):
     def _trial_overrides(self, fixed: List[str], trial: Any, storage: str) -> List[str]:
         overrides = fixed + [f"{k}={_override_value(v)}" for k, v in trial.params.items()]
         if self.settings.pruner:  # the pruning callback, handed to the trial's job like any other callback
-            node = {"_target_": "hydra_plugins.lenet.pruning.OptunaPruning", "study_name": self.settings.study_name,
-                    "storage": storage, "trial": trial.number, "monitor": watched(self.settings.objective),
-                    "pruner": OmegaConf.to_container(self.config.hydra.sweeper.pruner, resolve=True)}  # fmt: skip
+            node = {
+                "_target_": "hydra_plugins.lenet.pruning.OptunaPruning",
+                "study_name": self.settings.study_name,
+                "storage": storage,
+                "trial": trial.number,
+                "monitor": watched(self.settings.objective),
+                "pruner": OmegaConf.to_container(self.config.hydra.sweeper.pruner, resolve=True),
+            }
             overrides.append(f"+callbacks.optuna_pruning={override_value(node)}")
         return overrides
 
@@ -149,7 +161,7 @@ class OptunaSweeper(Sweeper):
         space, fixed = self._search_space(arguments)
         if not runs_jobs(self.launcher):
             return self._preview(space, fixed)
-        sweep_dir = start_sweep(self.config, self.launcher)
+        sweep_dir = start_sweep(self.config, self.launcher, kind="search")
         url = study_storage(self.settings.storage, sweep_dir)
         resume = bool(OmegaConf.select(self.config, "trainer.resume", default=False))
         study = open_study(open_storage(url), url, self.settings.study_name, self.settings.direction, space, resume)
@@ -159,8 +171,10 @@ class OptunaSweeper(Sweeper):
         # trials an earlier run started and never told: run them again (their jobs resume from checkpoints)
         unfinished = [t for t in trials if t.state == TrialState.RUNNING]
         finished = sum(t.state.is_finished() for t in trials)
-        log.info(f"Optuna {optuna.__version__}: study {self.settings.study_name} in {url}, {finished} of "
-                 f"{self.settings.n_trials} trials done, {len(unfinished)} to continue; space {', '.join(space) or 'empty'}")  # fmt: skip
+        log.info(
+            f"Optuna {optuna.__version__}: study {self.settings.study_name} in {url}, {finished} of "
+            f"{self.settings.n_trials} trials done, {len(unfinished)} to continue; space {', '.join(space) or 'empty'}"
+        )
         returns: List[Any] = []
         unlaunched: List[str] = []
         while not self._failing(study):
@@ -175,11 +189,25 @@ class OptunaSweeper(Sweeper):
             launchable = self._composing(study, url, batch, fixed, unlaunched)
             if launchable:  # each trial's folder is its number: a continued search never reuses one
                 assigned = assign_folders(sweep_dir, [o for _, o in launchable], [str(t.number) for t, _ in launchable])
-                for (trial, _), result in zip(launchable, self.launcher.launch(assigned, launchable[0][0].number)):
+                try:
+                    results = self.launcher.launch(assigned, launchable[0][0].number)
+                except (SystemExit, KeyboardInterrupt):  # a signal stopped the search
+                    verdict.interrupted(sweep_dir, assigned)
+                    raise
+                for (trial, _), result in zip(launchable, results):
                     retrying(url, lambda: self._tell(study, trial, result))
                     returns.append(result)
             write_results(study, sweep_dir, self.settings.objective, self.settings.direction)
+        self._print_best(study)
         verdict.report(sweep_dir, returns, unlaunched + self._stopped_early(study))
+
+    def _print_best(self, study: Any) -> None:
+        from optuna.trial import TrialState
+
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            best = study.best_trial
+            params = ", ".join(f"{k}={_override_value(v)}" for k, v in best.params.items())
+            print(f"best trial: #{best.number} ({params}): {self.settings.objective} {best.value:.6g}")
 
     def _composing(self, study: Any, url: str, batch: List[Any], fixed: List[str], failures: List[str]) -> List[Any]:
         """The (trial, overrides) of ``batch`` whose config composes; the others are told FAIL, saying why."""
@@ -202,10 +230,14 @@ class OptunaSweeper(Sweeper):
         """What the search would run: its space, and the first trials drawn from it, each config checked."""
         import optuna
 
-        print(f"an Optuna search of {self.settings.n_trials} trials, {self.settings.n_jobs} at a time, "
-              f"{self.settings.direction} {self.settings.objective}; space: "
-              f"{', '.join(f'{k} {v}' for k, v in space.items()) or 'empty'}")  # fmt: skip
-        study = optuna.create_study(direction=self.settings.direction, sampler=sampler(self.config.hydra.sweeper.sampler, 0))
+        print(
+            f"an Optuna search of {self.settings.n_trials} trials, {self.settings.n_jobs} at a time, "
+            f"{self.settings.direction} {self.settings.objective}; space: "
+            f"{', '.join(f'{k} {v}' for k, v in space.items()) or 'empty'}"
+        )
+        study = optuna.create_study(
+            direction=self.settings.direction, sampler=sampler(self.config.hydra.sweeper.sampler, 0)
+        )
         first = [study.ask(space) for _ in range(min(self.settings.n_jobs, self.settings.n_trials))]
         self.launcher.launch([self._trial_overrides(fixed, t, "sqlite:///PREVIEW") for t in first], initial_job_idx=0)
 
@@ -235,8 +267,10 @@ class OptunaSweeper(Sweeper):
     def _stopped_early(self, study: Any) -> List[str]:
         if not self._failing(study):
             return []
-        return [f"the search stopped: {self._failure_rate(study):.0%} of its finished trials failed, more than "
-                f"hydra.sweeper.max_failure_rate={self.settings.max_failure_rate}"]  # fmt: skip
+        return [
+            f"the search stopped: {self._failure_rate(study):.0%} of its finished trials failed, more than "
+            f"hydra.sweeper.max_failure_rate={self.settings.max_failure_rate}"
+        ]
 
 
 def _override_value(value: Any) -> str:

@@ -1,7 +1,8 @@
 """``python train.py -m ... hydra/launcher=preview``: list the jobs a sweep would run, and check each config.
 
-Nothing runs and no folder is made (lenet's sweepers write nothing for a launcher that runs no jobs). Each job's config is composed as the real launcher would compose
-it and validated against the schema, so a typo in one combination shows before the sweep starts.
+Nothing runs and no folder is made (lenet's sweepers write nothing for a launcher that runs no jobs). Each job's
+config is composed as the real launcher composes it and checked as the job checks it (``lenet.run.preflight``: the
+schema, and the model, optimizer, loss, schedule and callbacks built), so a bad combination shows before the sweep.
 """
 
 import sys
@@ -12,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 
 @dataclass
@@ -38,18 +39,14 @@ class PreviewLauncher(Launcher):
         self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lenet.run.config import to_typed
-        from lenet.core.errors import UserError
+        from lenet.run.preflight import preflight
 
         assert self.config is not None and self.hydra_context is not None
         for offset, overrides in enumerate(job_overrides):
             try:
-                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                with open_dict(config):
-                    del config["hydra"]
-                to_typed(config)
+                preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
                 verdict = ""
-            except (UserError, Exception) as e:  # a bad combination: say so and list the others
+            except Exception as e:  # a bad combination: say so and list the others
                 self.invalid += 1
                 verdict = f"  <- invalid: {str(e).strip().splitlines()[0]}"
             print(f"#{initial_job_idx + offset}: {' '.join(overrides) or '(no overrides)'}{verdict}")

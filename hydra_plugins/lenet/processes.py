@@ -119,8 +119,10 @@ class ProcessesLauncher(Launcher):
                 _stop(process for process, _, _ in running.values())
         if signals.pending is not None:
             name = signal.Signals(signals.pending).name
-            print(f"error: interrupted by {name}: the running jobs stopped and recorded it; no job started after",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: interrupted by {name}: the running jobs stopped and recorded it; no job started after",
+                file=sys.stderr,
+            )
             raise SystemExit(128 + signals.pending)
         return [results[idx] for idx in sorted(results)]
 
@@ -133,10 +135,17 @@ class ProcessesLauncher(Launcher):
         context = {"parallel_jobs": slots, "sweep_handles_signals": True}
         with open(job_file, "wb") as f:
             cloudpickle.dump(
-                {"idx": idx, "overrides": list(overrides), "hydra_context": self.hydra_context, "config": self.config,
-                 "task_function": self.task_function, "singleton_state": Singleton.get_state(), "context": context},
+                {
+                    "idx": idx,
+                    "overrides": list(overrides),
+                    "hydra_context": self.hydra_context,
+                    "config": self.config,
+                    "task_function": self.task_function,
+                    "singleton_state": Singleton.get_state(),
+                    "context": context,
+                },
                 f,
-            )  # fmt: skip
+            )
         process = subprocess.Popen(
             [sys.executable, "-m", "hydra_plugins.lenet.job_process", str(job_file), str(result)],
             start_new_session=True,  # a terminal's Ctrl-C reaches the sweep, which passes it on once

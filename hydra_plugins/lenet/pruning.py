@@ -13,6 +13,8 @@ from lenet.core.errors import Pruned
 from lenet.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
+
+
 class OptunaPruning(Callback):
     """Reports ``monitor`` of each epoch's row to trial ``trial`` of the study; stops the run when it is pruned."""
 
@@ -42,7 +44,9 @@ class OptunaPruning(Callback):
             return
         self.trial.report(float(row[self.monitor]), row["epoch"])
         if self.trial.should_prune():
-            self.pruned = f"pruned by the Optuna search after epoch {row['epoch']} ({self.monitor} {row[self.monitor]:.4g})"
+            self.pruned = (
+                f"pruned by the Optuna search after epoch {row['epoch']} ({self.monitor} {row[self.monitor]:.4g})"
+            )
             run.request_stop(self.pruned)
 
     def on_fit_end(self, run: Any, summary: Dict[str, Any]) -> None:

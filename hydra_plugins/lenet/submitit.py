@@ -19,11 +19,15 @@ from typing import Any, List, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
 from hydra_plugins.lenet.failures import failed_job
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+except ImportError:  # without the launchers extra: hydra/launcher=local|slurm say how to get it (lenet.run.extras)
+    BaseQueueConf, BaseSubmititLauncher = None, object
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -78,7 +82,18 @@ class _JobByJob(BaseSubmititLauncher):
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-        jobs = executor.map_array(self, *zip(*job_params))
+        try:
+            jobs = executor.map_array(self, *zip(*job_params))
+        except (subprocess.CalledProcessError, OSError) as e:  # sbatch failed: no controller, a refused request, ...
+            from lenet.core.errors import UserError
+
+            said = getattr(e, "stderr", None) or getattr(e, "output", None) or str(e)
+            said = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+            first = next((line.strip() for line in said.splitlines() if line.strip()), type(e).__name__)
+            raise UserError(
+                f"the {self._EXECUTOR} jobs could not be submitted ({first[:200]}); is the cluster's controller "
+                "running and reachable from here?"
+            ) from None
         stopped_by = self._wait(jobs)
         results = [self._result(job, params[2], params[0], stopped_by) for job, params in zip(jobs, job_params)]
         if stopped_by is not None:
@@ -151,7 +166,9 @@ class SlurmLauncher(_JobByJob):
 
     def _interrupt(self, job: Any) -> None:
         # SIGINT to the job's steps: it stops at its next step and records it (SIGTERM is submitit's: a pre-emption)
-        subprocess.call(["scancel", "--signal=INT", str(job.job_id)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.call(
+            ["scancel", "--signal=INT", str(job.job_id)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As the plugin's, reading job states from squeue when the cluster keeps no accounting (no sacct)."""
@@ -184,8 +201,12 @@ def _squeue_watcher_class() -> Any:
             ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
             if not ids:
                 return None
-            return ["sh", "-c", 'echo "JobID|State|NodeList"; squeue --noheader --states=all --array '
-                    f'--format="%i|%T|%N" --jobs={",".join(ids)} 2>/dev/null || true']  # fmt: skip
+            return [
+                "sh",
+                "-c",
+                'echo "JobID|State|NodeList"; squeue --noheader --states=all --array '
+                f'--format="%i|%T|%N" --jobs={",".join(ids)} 2>/dev/null || true',
+            ]
 
     return SqueueWatcher
 

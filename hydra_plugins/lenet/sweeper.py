@@ -8,7 +8,6 @@ the sweep in a traceback without a word on the other jobs. This one composes eve
 exits non-zero naming each job that did not complete.
 """
 
-
 import logging
 import time
 from dataclasses import dataclass
@@ -52,7 +51,11 @@ class LenetBasicSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         assigned = assign_folders(sweep_dir, jobs, wanted)
         returns: List[JobReturn] = []
-        for batch in batches:
-            returns += self.launcher.launch(assigned[len(returns) : len(returns) + len(batch)], len(returns))
+        try:
+            for batch in batches:
+                returns += self.launcher.launch(assigned[len(returns) : len(returns) + len(batch)], len(returns))
+        except (SystemExit, KeyboardInterrupt):  # a signal stopped the sweep: what each job got to, and how to go on
+            verdict.interrupted(sweep_dir, assigned)
+            raise
         verdict.report(sweep_dir, returns)
         return returns

@@ -16,8 +16,14 @@ from lenet.run.config import RESUME_IGNORES
 from lenet.run.folders import OURS, FolderError, check_job_folder, claim_sweep_dir, holding
 from lenet.run.outcome import JobFailed, Outcome, Status
 from lenet.run.sweep_dir import (
-    job_identity, known_jobs, override_value, read_sweep_record, sweep_definition, swept_keys, write_sweep_record,
-)  # fmt: skip
+    job_identity,
+    known_jobs,
+    override_value,
+    read_sweep_record,
+    sweep_definition,
+    swept_keys,
+    write_sweep_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +33,33 @@ def runs_jobs(launcher: Any) -> bool:
     return bool(getattr(launcher, "runs_jobs", True))
 
 
-def start_sweep(config: DictConfig, launcher: Any) -> Path:
-    """Claim the sweep dir (a dated one of its own, a named one only to resume its sweep) and record the sweep."""
+def start_sweep(config: DictConfig, launcher: Any, kind: str = "grid") -> Path:
+    """Claim the sweep dir (a dated one of its own, a named one only to resume its sweep) and record the sweep:
+    its ``kind`` (``grid``: every combination; ``search``: trials a sampler chose), its swept keys and definition."""
     params_node = OmegaConf.select(config, "hydra.sweeper.params", default=None)
     space = OmegaConf.to_container(params_node) if params_node is not None else {}
     if runs_jobs(launcher):
         definition = sweep_definition(config.hydra.overrides.task, space, RESUME_IGNORES)
         sweep_dir = claim_sweep_dir(config, definition)
         record = read_sweep_record(sweep_dir)
-        record.update(swept=swept_keys(config.hydra.overrides.task, space), definition=definition)
+        record.update(
+            kind=kind,
+            swept=swept_keys(config.hydra.overrides.task, space),
+            definition=definition,
+            command=resume_command(sweep_dir),
+        )
         write_sweep_record(sweep_dir, record)
     return Path(str(config.hydra.sweep.dir))
+
+
+def resume_command(sweep_dir: Path) -> str:
+    """The command that continues this sweep: the one typed, in its own sweep dir, with trainer.resume=true."""
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "trainer.resume="))]
+    args += [f"hydra.sweep.dir={sweep_dir}", "trainer.resume=true"]
+    return " ".join(shlex.quote(a) for a in ["python", "train.py", *args])
 
 
 def job_dir(job_config: DictConfig) -> Path:
@@ -64,7 +86,9 @@ def composed_subdirs(hydra_context: Any, config: DictConfig, jobs: Sequence[Sequ
             subdirs.append(default_subdir(composed_job(hydra_context, config, overrides, num)))
         except Exception as e:  # Hydra's composition errors come in several kinds
             cause = f"; {one_line(str(e.__cause__))}" if e.__cause__ is not None and str(e.__cause__) else ""
-            raise ConfigError(f"job #{num} ({' '.join(overrides)}) does not compose: {one_line(str(e))}{cause}") from None
+            raise ConfigError(
+                f"job #{num} ({' '.join(overrides)}) does not compose: {one_line(str(e))}{cause}"
+            ) from None
     return subdirs
 
 
@@ -126,8 +150,13 @@ def run_claimed(hydra_context: Any, task_function: Any, job_config: DictConfig) 
     try:
         with holding(folder, "hydra.sweep.subdir"):
             check_job_folder(folder, job_identity(overrides))
-            return run_job(hydra_context=hydra_context, task_function=task_function, config=job_config,
-                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+            return run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=job_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
     except FolderError as e:
         log.error(f"job {' '.join(overrides)} not run: {e}")
         return refused_job(overrides, folder, e)

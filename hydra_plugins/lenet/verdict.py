@@ -4,7 +4,6 @@ One line per job (folder, label, status, final test accuracy) and the command to
 when a job did not end as asked, one line each on stderr and exit status 1.
 """
 
-
 import shlex
 import sys
 from pathlib import Path
@@ -37,9 +36,32 @@ def report(sweep_dir: Path, returns: Sequence[Any], extra_failures: Optional[Seq
         if not outcome.status.ok:
             failed.append(f"  {outcome.run_dir}: {outcome.status.value}: {outcome.error}")
     failed += [f"  {line}" for line in extra_failures or []]
-    print(f"sweep {sweep_dir}: {len(returns)} jobs (folder, label, status, final test accuracy)", *lines,
-          f"compare them: python -m lenet.compare {shlex.quote(str(sweep_dir))}", sep="\n")  # fmt: skip
+    print(
+        f"sweep {sweep_dir}: {len(returns)} jobs (folder, label, status, final test accuracy)",
+        *lines,
+        f"compare them: python -m lenet.compare {shlex.quote(str(sweep_dir))}",
+        sep="\n",
+    )
     if failed:
         total = len(returns) + len(extra_failures or [])
         print(f"error: {len(failed)} of {total} jobs did not complete:", *failed, sep="\n", file=sys.stderr)
         raise SystemExit(1)
+
+
+def interrupted(sweep_dir: Path, assigned: Sequence[Sequence[str]]) -> None:
+    """The job table of a sweep a signal stopped, from what each job recorded, and the command that continues it."""
+    from lenet.run.outcome import read_outcome
+    from lenet.run.sweep_dir import read_sweep_record, split_override
+
+    swept = read_swept_keys(sweep_dir)
+    lines = []
+    for overrides in assigned:
+        subdir = dict(split_override(o) for o in overrides).get("hydra.sweep.subdir", "").strip("'")
+        outcome = read_outcome(sweep_dir / subdir) if (sweep_dir / subdir).is_dir() else None
+        status = outcome.status.value if outcome and outcome.summary else "not started"
+        label = job_label([o for o in overrides if not o.startswith("hydra.")], swept) or "(no overrides)"
+        lines.append(f"  {subdir}  {label}  {status}")
+    print(f"sweep {sweep_dir} stopped: {len(assigned)} jobs (folder, label, status)", *lines, sep="\n")
+    command = read_sweep_record(sweep_dir).get("command")
+    if command:
+        print(f"continue it with: {command}")

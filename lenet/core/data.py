@@ -42,10 +42,14 @@ class Split:
 
 # seven-segment strokes (row0, row1, col0, col1) on a 28x28 canvas, centred
 _SEGMENTS = {
-    "top": (5, 7, 9, 19), "mid": (13, 15, 9, 19), "bottom": (21, 23, 9, 19),
-    "upper_left": (5, 15, 9, 11), "upper_right": (5, 15, 17, 19),
-    "lower_left": (13, 23, 9, 11), "lower_right": (13, 23, 17, 19),
-}  # fmt: skip
+    "top": (5, 7, 9, 19),
+    "mid": (13, 15, 9, 19),
+    "bottom": (21, 23, 9, 19),
+    "upper_left": (5, 15, 9, 11),
+    "upper_right": (5, 15, 17, 19),
+    "lower_left": (13, 23, 9, 11),
+    "lower_right": (13, 23, 17, 19),
+}
 _DIGIT_SEGMENTS = [
     ("top", "bottom", "upper_left", "upper_right", "lower_left", "lower_right"),
     ("upper_right", "lower_right"),
@@ -116,20 +120,29 @@ def preprocess(
             )
         top, left = (size - height) // 2, (size - width) // 2
         padding = (left, size - width - left, top, size - height - top)
-        transform = lambda x: F.pad(x, padding)
+
+        def transform(x):
+            return F.pad(x, padding)
     elif resize == "resize":  # as torchvision's Resize(32): antialiased bilinear
         # one matrix product per axis, (32, 28) @ x @ (28, 32), with F.interpolate's weights: faster than it
         rows = resize_matrix(height, size).to(device)
         cols = resize_matrix(width, size).to(device).t()
-        transform = lambda x: rows @ x @ cols
+
+        def transform(x):
+            return rows @ x @ cols
     else:
         raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
     if channels == 1:  # plain numbers: the bits the harness always had
-        normalise = lambda x: x.sub_(means[0]).div_(stds[0])
+
+        def normalise(x):
+            return x.sub_(means[0]).div_(stds[0])
     else:
         mean_t = torch.tensor(means, device=device).view(1, -1, 1, 1)
         std_t = torch.tensor(stds, device=device).view(1, -1, 1, 1)
-        normalise = lambda x: x.sub_(mean_t).div_(std_t)
+
+        def normalise(x):
+            return x.sub_(mean_t).div_(std_t)
+
     out = torch.empty(len(pixels), channels, size, size, device=device)
     # a chunk at a time into the final tensor: the same bits as whole-set passes, with far less peak memory
     for start in range(0, len(pixels), PREPROCESS_CHUNK):
@@ -220,10 +233,14 @@ def load_dataset(
     except UserError:
         raise
     except Exception as e:  # a loader of the user's own that failed: its error, in one line
-        raise DataError(f"dataset {name}: its loader failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+        raise DataError(
+            f"dataset {name}: its loader failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        ) from None
     if not isinstance(arrays, dict):
-        raise DataError(f"dataset {name}: its loader returned {type(arrays).__name__}, not a dict "
-                        "{'train': (images, labels), 'test': (images, labels)}")  # fmt: skip
+        raise DataError(
+            f"dataset {name}: its loader returned {type(arrays).__name__}, not a dict "
+            "{'train': (images, labels), 'test': (images, labels)}"
+        )
     splits = []
     for split in ("train", "test"):
         if split not in arrays:

@@ -18,10 +18,18 @@ from lenet.core.errors import ConfigError
 def bind(node: Mapping[str, Any], key: str, reserved: tuple[str, ...] = ()) -> functools.partial:
     """The callable that ``node['_target_']`` names, with the node's arguments bound (``reserved`` keys left out)."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from hydra.utils import get_object, instantiate
 
     if "_target_" not in node:
         raise ConfigError(f"{key} has no _target_: set {key}._target_ to an importable class or function")
+    try:
+        get_object(str(node["_target_"]))
+    except Exception as e:  # a module not on the path, a name not in it, an import that fails
+        cause = e.__cause__ or e
+        reason = " ".join(str(cause).split("\n")[0].split())[:200] or type(cause).__name__
+        raise ConfigError(
+            f"{key}._target_={node['_target_']} cannot be imported ({reason}); is its module on PYTHONPATH?"
+        ) from None
     arguments = {k: v for k, v in node.items() if k not in reserved}
     try:
         bound = instantiate({**arguments, "_partial_": True}, _convert_="all")
@@ -80,9 +88,13 @@ def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, A
                 f"(it takes {', '.join(accepted[len(args) :])}); "
                 f"drop it with {drop} or choose an option whose keys fit"
             ) from None
-        missing = [p.name for p in signature.parameters.values()
-                   if p.default is inspect.Parameter.empty and p.name not in arguments
-                   and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]  # fmt: skip
+        missing = [
+            p.name
+            for p in signature.parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.name not in arguments
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
         if missing:
             raise ConfigError(
                 f"{name} needs {' and '.join(f'{key}.{n}' for n in missing)}: add it with +{key}.{missing[0]}=VALUE"

@@ -177,9 +177,11 @@ def lenet5(pooling: str = "max", num_classes: int = 10, in_channels: int = 1) ->
 C3_TABLE: tuple[tuple[int, ...], ...] = (
     *((i, (i + 1) % 6, (i + 2) % 6) for i in range(6)),  # maps 0-5: 3 contiguous
     *((i, (i + 1) % 6, (i + 2) % 6, (i + 3) % 6) for i in range(6)),  # maps 6-11: 4 contiguous
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),  # maps 12-14: 4 non-contiguous
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),  # maps 12-14: 4 non-contiguous
     (0, 1, 2, 3, 4, 5),  # map 15: all
-)  # fmt: skip
+)
 
 # the RBF centres: stylised 7x12 bitmaps of the digits, '#' = +1, '.' = -1 (after the paper's Fig. 3)
 DIGIT_BITMAPS = (

@@ -92,28 +92,52 @@ def assemble(
     # before the data, so that a logger that cannot start (W&B online without credentials) fails first
     tracking.loggers = build_loggers(
         cfg.logger,
-        {"run_dir": job.run_dir, "config": config_record, "sweep": job.sweep_name, "label": job.label or None,
-         "model": model},
-    )  # fmt: skip
+        {
+            "run_dir": job.run_dir,
+            "config": config_record,
+            "sweep": job.sweep_name,
+            "label": job.label or None,
+            "model": model,
+        },
+    )
     _freeze_imports()
     data = cfg.data
     train, test = load_dataset(
-        data.name, resolve_path(data.root, job.cwd), data.download, data.resize.value, data.mean, data.std, device,
-        synthetic_sizes=(data.train_size, data.test_size), size=data.size, num_classes=data.num_classes,
+        data.name,
+        resolve_path(data.root, job.cwd),
+        data.download,
+        data.resize.value,
+        data.mean,
+        data.std,
+        device,
+        synthetic_sizes=(data.train_size, data.test_size),
+        size=data.size,
+        num_classes=data.num_classes,
         loader=data.loader,
-    )  # fmt: skip
+    )
     steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
     row_keys = METRIC_KEYS + [metric_key(name) for name in metrics if metric_key(name) not in METRIC_KEYS]
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, row_keys)
     state = TrainState(
-        model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
         generator=torch.Generator().manual_seed(cfg.seed),  # shuffling and augmentation; in the checkpoint
-        callbacks=callbacks, run_dir=job.run_dir, config=config_record, row_keys=row_keys + callbacks.row_keys(),
-    )  # fmt: skip
+        callbacks=callbacks,
+        run_dir=job.run_dir,
+        config=config_record,
+        row_keys=row_keys + callbacks.row_keys(),
+    )
     settings = FitSettings(
-        train=train, test=test, epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
-        eval_batch_size=cfg.trainer.eval_batch_size, bf16=cfg.trainer.precision == Precision.bf16,
-        augment=build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort)), metrics=metrics,
+        train=train,
+        test=test,
+        epochs=cfg.trainer.epochs,
+        batch_size=cfg.trainer.batch_size,
+        eval_batch_size=cfg.trainer.eval_batch_size,
+        bf16=cfg.trainer.precision == Precision.bf16,
+        augment=build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort)),
+        metrics=metrics,
         forward=torch.compile(model) if cfg.trainer.compile else None,
-    )  # fmt: skip
+    )
     return state, settings

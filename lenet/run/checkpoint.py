@@ -16,15 +16,28 @@ from lenet.train.state import TrainState
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # the state's own keys (step, epoch, callbacks, stop_reason: read with defaults from older checkpoints) and ours
-CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "history": list, "config": dict,
-                   "wall_seconds": (int, float)}  # fmt: skip
+CHECKPOINT_KEYS = {
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+    "history": list,
+    "config": dict,
+    "wall_seconds": (int, float),
+}
 
 
 class Checkpointing(Callback):
     """After every epoch, the state of the run (and the config and thread count it depends on) in one file."""
 
-    def __init__(self, path: Path, config: dict[str, Any], num_threads: int, wall_seconds_before: float = 0.0,
-                 epochs_saved: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, Any],
+        num_threads: int,
+        wall_seconds_before: float = 0.0,
+        epochs_saved: int = 0,
+    ):
         self.path, self.config, self.num_threads = path, config, num_threads
         self.wall_seconds_before = wall_seconds_before
         self.started = time.perf_counter()
@@ -78,8 +91,9 @@ def check_config(checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
         )
 
 
-def restore(run: TrainState, checkpoint: dict[str, Any], path: Path, config: dict[str, Any],
-            ignore: tuple[str, ...]) -> None:  # fmt: skip
+def restore(
+    run: TrainState, checkpoint: dict[str, Any], path: Path, config: dict[str, Any], ignore: tuple[str, ...]
+) -> None:
     """Continue ``run`` from ``checkpoint``; one made with another config (keys under ``ignore`` aside) is refused."""
     check_config(checkpoint, path, config, ignore)
     try:

@@ -74,7 +74,9 @@ class DataConfig:
 @dataclass
 class DeviceConfig:
     name: str = MISSING  # auto | cpu | cuda | mps
-    num_threads: Optional[int] = None  # torch CPU threads; null: chosen by lenet.run.threads (recorded in summary.json)
+    # torch CPU threads: null, the job's share of the cores (the same whatever the load); N; or probe, the fastest
+    # count now (faster on a busy machine, not repeatable); recorded in summary.json, kept on resume
+    num_threads: Any = None
 
 
 @dataclass
@@ -160,8 +162,12 @@ def validate(cfg: Config) -> None:
     _require(trainer.epochs >= 1, "trainer.epochs", ">= 1", trainer.epochs)
     _require(trainer.batch_size >= 1, "trainer.batch_size", ">= 1", trainer.batch_size)
     _require(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", ">= 1", trainer.eval_batch_size)
-    _require(all(_positive(v) for v in cfg.data.std) and len(cfg.data.std) >= 1, "data.std",
-             "finite numbers > 0", cfg.data.std)  # fmt: skip
+    _require(
+        all(_positive(v) for v in cfg.data.std) and len(cfg.data.std) >= 1,
+        "data.std",
+        "finite numbers > 0",
+        cfg.data.std,
+    )
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "one value per channel, as data.std", cfg.data.mean)
     _require(cfg.data.size >= 1, "data.size", ">= 1", cfg.data.size)
     _require(cfg.data.num_classes >= 1, "data.num_classes", ">= 1", cfg.data.num_classes)
@@ -169,14 +175,24 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.test_size >= 1, "data.test_size", ">= 1", cfg.data.test_size)
     _require(all(math.isfinite(v) for v in cfg.data.mean), "data.mean", "finite numbers", cfg.data.mean)
     limit = MAX_GENERATED_IMAGES
-    _require(cfg.data.train_size <= limit, "data.train_size", f"<= {limit} (generated images, in memory)",
-             cfg.data.train_size)  # fmt: skip
-    _require(cfg.data.test_size <= limit, "data.test_size", f"<= {limit} (generated images, in memory)",
-             cfg.data.test_size)  # fmt: skip
+    _require(
+        cfg.data.train_size <= limit,
+        "data.train_size",
+        f"<= {limit} (generated images, in memory)",
+        cfg.data.train_size,
+    )
+    _require(
+        cfg.data.test_size <= limit, "data.test_size", f"<= {limit} (generated images, in memory)", cfg.data.test_size
+    )
     _require(0 <= cfg.seed < 2**63, "seed", "an integer from 0 to 2^63 - 1", cfg.seed)
     threads, most = cfg.device.num_threads, 4 * (os.cpu_count() or 1)
-    _require(threads is None or 1 <= threads <= most, "device.num_threads",
-             f"null or 1..{most} (4 per core: more only slow a run down)", threads)  # fmt: skip
+    number = isinstance(threads, int) and not isinstance(threads, bool)
+    _require(
+        threads is None or threads == "probe" or (number and 1 <= threads <= most),
+        "device.num_threads",
+        f"null, probe or 1..{most} (4 per core: more only slow a run down)",
+        threads,
+    )
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:

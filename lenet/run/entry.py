@@ -13,6 +13,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +26,7 @@ from lenet.run.folders import holding
 from lenet.run.job import JobInfo
 from lenet.run.lifecycle import run_job
 from lenet.run.outcome import JobFailed, Outcome, Status, status_of, write_summary
+from lenet.run.sweep_dir import read_sweep_record
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> Outcome:
             outcome = run_job(typed, job, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     except (Interrupted, KeyboardInterrupt) as e:
         name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
-        message = interrupted_message(name, job.run_dir)
+        message = interrupted_message(name, job.run_dir, job.sweep_dir)
         _to_log_file(message)
         print(message, file=sys.stderr)
         raise SystemExit(128 + signal.Signals[name].value) from None
@@ -84,13 +86,27 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> Outcome:
 def _failed_summary(job: JobInfo, error: str) -> None:
     """Record a job that failed before training could start (its config did not validate)."""
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    write_summary(job.run_dir, {"status": Status.failed, "error": error, "final_test_acc": None,
-                                "best_test_acc": None, "overrides": job.overrides, "started_at": now,
-                                "finished_at": now})  # fmt: skip
+    write_summary(
+        job.run_dir,
+        {
+            "status": Status.failed,
+            "error": error,
+            "final_test_acc": None,
+            "best_test_acc": None,
+            "overrides": job.overrides,
+            "started_at": now,
+            "finished_at": now,
+        },
+    )
 
 
-def interrupted_message(signal_name: str, run_dir: Path) -> str:
-    """The line an interrupted run ends with: how to continue it, or that there is nothing to continue."""
+def interrupted_message(signal_name: str, run_dir: Path, sweep_dir: Optional[Path] = None) -> str:
+    """The line an interrupted run ends with: how to continue it (a sweep's job: its sweep), or that nothing can be."""
+    command = read_sweep_record(sweep_dir).get("command") if sweep_dir is not None else None
+    if command:
+        return (
+            f"error: interrupted by {signal_name}; {run_dir} keeps what it finished; continue the sweep with: {command}"
+        )
     if (run_dir / CHECKPOINT_FILE).is_file():
         kept = (
             f"the checkpoint of the last finished epoch is kept in {run_dir}; "

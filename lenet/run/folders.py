@@ -63,12 +63,20 @@ def hold(target: Path, key: str, is_file: bool = False) -> bool:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        raise FolderError(f"{target} is in use by {_holder(owner_file)}: wait for it to end, or choose another {key}") from None
+        raise FolderError(
+            f"{target} is in use by {_holder(owner_file)}: wait for it to end, or choose another {key}"
+        ) from None
     except OSError as e:
-        raise FolderError(f"cannot write the output dir {given} ({e.strerror}); choose another with {key}=PATH") from None
+        raise FolderError(
+            f"cannot write the output dir {given} ({e.strerror}); choose another with {key}=PATH"
+        ) from None
     _held[target] = (lock, owner_file)
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
-             "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}  # fmt: skip
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join(sys.argv)[:300],
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
     write_atomic(owner_file, json.dumps(owner) + "\n")
     return True
 
@@ -211,9 +219,20 @@ def _check_resumable(config: DictConfig, run_dir: Path) -> None:
     changed = changed_keys(saved, current, RESUME_IGNORES)
     if changed:
         raise FolderError(
-            f"cannot resume {run_dir}: it was made with different values of {', '.join(changed)}; "
-            "resume with the same config or start a new run dir"
+            f"cannot resume {run_dir}: it was made with {describe_changes(saved, current, changed)}; resume it "
+            "as it was made (trainer.resume=true hydra.run.dir=... takes its own overrides), or start a new run dir"
         )
+
+
+def describe_changes(saved: dict, current: dict, keys: list[str]) -> str:
+    """``key=then (now now)`` for each changed key."""
+
+    def value(tree: dict, key: str) -> object:
+        for part in key.split("."):
+            tree = tree.get(part, "not set") if isinstance(tree, dict) else "not set"
+        return tree
+
+    return ", ".join(f"{k}={value(saved, k)} (now {value(current, k)})" for k in keys)
 
 
 def claim_sweep_dir(config: DictConfig, definition: list[str]) -> Path:
@@ -231,8 +250,11 @@ def claim_sweep_dir(config: DictConfig, definition: list[str]) -> Path:
         recorded = read_sweep_definition(sweep_dir)
         if recorded is not None and recorded != definition:
             before, now = dict(map(split_override, recorded)), dict(map(split_override, definition))
-            differ = [f"{k} ({before.get(k, 'not set')}, now {now.get(k, 'not set')})"
-                      for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]  # fmt: skip
+            differ = [
+                f"{k} ({before.get(k, 'not set')}, now {now.get(k, 'not set')})"
+                for k in sorted(set(before) | set(now))
+                if before.get(k) != now.get(k)
+            ]
             raise FolderError(
                 f"cannot resume the sweep in {sweep_dir}: it was started with other values of {', '.join(differ)}; "
                 "run it with the same overrides, or choose another hydra.sweep.dir"

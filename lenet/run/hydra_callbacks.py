@@ -8,15 +8,22 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lenet.run.folders import FolderError, claim_run_dir
+from lenet.core.errors import UserError
+from lenet.run.folders import claim_run_dir
+from lenet.run.preflight import preflight
 
 
 class JobReport(Callback):
-    """Claims a single run's dir before Hydra writes into it (a sweep's dir is its sweeper's: hydra_plugins.lenet)."""
+    """Checks a single run's config as the run would, then claims its dir, before Hydra writes anything (a sweep's
+    dir is its sweeper's: hydra_plugins.lenet)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
         try:
+            HydraConfig.instance().set_config(config)  # the config's ${hydra:...} resolve as in the job
+            preflight(config)  # a value the run would refuse: refused before its folder is made
             claim_run_dir(config)
-        except FolderError as e:  # Hydra turns an exception of a callback into a warning: exit here
+        except UserError as e:  # Hydra turns an exception of a callback into a warning: exit here
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -54,5 +54,3 @@ class JobInfo:
             return str(self.sweep_dir.relative_to(self.cwd.resolve()))
         except ValueError:
             return str(self.sweep_dir)
-
-

@@ -26,8 +26,15 @@ from lenet.run.context import job_context
 from lenet.run.files import remove_stale_temporaries
 from lenet.run.job import JobInfo
 from lenet.run.outcome import (
-    DiskFull, Outcome, Status, SummaryError, outcome_from_summary, read_summary, status_of, write_summary,
-)  # fmt: skip
+    DiskFull,
+    Outcome,
+    Status,
+    SummaryError,
+    outcome_from_summary,
+    read_summary,
+    status_of,
+    write_summary,
+)
 from lenet.run.progress import ProgressBar
 from lenet.run.threads import set_threads
 from lenet.run.tracking import Tracking, weights_file
@@ -58,18 +65,27 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
         with signals.recorded():
             signals.raise_if_pending()  # received during start-up or between a sweep's jobs
             run, settings = assemble(cfg, job, config_record, tracking)
-            summary.update(device=str(settings.train.images.device), num_params=num_params(run.model),
-                           image_size=list(settings.train.image_size))  # fmt: skip
+            summary.update(
+                device=str(settings.train.images.device),
+                num_params=num_params(run.model),
+                image_size=list(settings.train.image_size),
+            )
             # a refused resume leaves the summary of the run it would continue as it was
             keep_summary = resume and (job.run_dir / CHECKPOINT_FILE).exists()
             threads, wall_before = _continue(run, settings, cfg, job, config_record, resume, summary)
             keep_summary = False
             write_summary(job.run_dir, summary)  # running: its blocks are kept for the end, however it ends
-            summary.update(setup_seconds=time.perf_counter() - started,
-                           startup_seconds=seconds_since_process_start() if first_in_process else None)  # fmt: skip
+            summary.update(
+                setup_seconds=time.perf_counter() - started,
+                startup_seconds=seconds_since_process_start() if first_in_process else None,
+            )
             checkpointing = Checkpointing(job.run_dir / CHECKPOINT_FILE, config_record, threads, wall_before, run.epoch)
-            harness = {"signals": signals.StopOnSignal(), **_progress(cfg, settings), "checkpoint": checkpointing,
-                       "tracking": tracking}  # fmt: skip
+            harness = {
+                "signals": signals.StopOnSignal(),
+                **_progress(cfg, settings),
+                "checkpoint": checkpointing,
+                "tracking": tracking,
+            }
             fit(run, settings, run.callbacks.then(harness))
             fill_results(summary, run, run.epoch)
             run.callbacks.then({"tracking": tracking}).on_fit_end(run, summary)
@@ -91,14 +107,23 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
 
 
 def _continue(
-    run: TrainState, settings: FitSettings, cfg: Config, job: JobInfo, config_record: dict[str, Any], resume: bool,
+    run: TrainState,
+    settings: FitSettings,
+    cfg: Config,
+    job: JobInfo,
+    config_record: dict[str, Any],
+    resume: bool,
     summary: dict[str, Any],
 ) -> tuple[int, float]:
     """Set the CPU threads, and continue ``run`` from its checkpoint when resuming; (threads, wall seconds before)."""
     path = job.run_dir / CHECKPOINT_FILE
     checkpoint = load_checkpoint(path) if resume else None
-    threads, probe = set_threads(cfg.device.num_threads, checkpoint and checkpoint.get("num_threads"),
-                                 settings.train.images.device, job_context().parallel_jobs)  # fmt: skip
+    threads, probe = set_threads(
+        cfg.device.num_threads,
+        checkpoint and checkpoint.get("num_threads"),
+        settings.train.images.device,
+        job_context().parallel_jobs,
+    )
     summary.update(num_threads=threads, num_threads_probe={str(n): s for n, s in probe.items()} or None)
     if checkpoint is None:
         if cfg.trainer.resume:
@@ -133,25 +158,50 @@ def _kept_if_completed(cfg: Config, job: JobInfo, config_record: dict[str, Any])
             "config cannot be checked: restore it, or delete the folder to run the job again"
         )
     check_config(checkpoint, checkpoint_path, config_record, RESUME_IGNORES)
-    log.info("%s completed before: kept as it is (final test accuracy %.2f%%)", job.run_dir,
-             100 * previous["final_test_acc"])  # fmt: skip
+    log.info(
+        "%s completed before: kept as it is (final test accuracy %.2f%%)", job.run_dir, 100 * previous["final_test_acc"]
+    )
     return outcome_from_summary(job.run_dir, previous)
 
 
 def new_summary(cfg: Config, job: JobInfo) -> dict[str, Any]:
     """The summary of a job about to start: its labels, and None for every result."""
     return {
-        "status": Status.running, "error": None, "final_test_acc": None, "best_test_acc": None, "best_epoch": None,
-        "final_test_loss": None, "final_train_loss": None, "num_params": None, "epochs": cfg.trainer.epochs,
-        "epochs_completed": 0, "stopped_early": None, "wall_seconds": None, "seconds_per_epoch": None,
-        "overrides": job.overrides, "model": cfg.model.get("name") or job.label_of("model", cfg.model),
-        "pooling": cfg.model.get("pooling"), "loss": job.label_of("loss", cfg.loss),
-        "optimizer": job.label_of("optimizer", cfg.optimizer), "scheduler": job.label_of("scheduler", cfg.scheduler),
-        "callbacks": sorted(cfg.callbacks), "dataset": cfg.data.name, "seed": cfg.seed, "device": None,
-        "num_threads": None, "num_threads_probe": None, "weights": None, "eval_weights": "model", "image_size": None,
-        "resumed_from_epoch": None, "setup_seconds": None, "startup_seconds": None, "started_at": _now(),
-        "finished_at": None, "torch_version": torch.__version__,
-    }  # fmt: skip
+        "status": Status.running,
+        "error": None,
+        "final_test_acc": None,
+        "best_test_acc": None,
+        "best_epoch": None,
+        "final_test_loss": None,
+        "final_train_loss": None,
+        "num_params": None,
+        "epochs": cfg.trainer.epochs,
+        "epochs_completed": 0,
+        "stopped_early": None,
+        "wall_seconds": None,
+        "seconds_per_epoch": None,
+        "overrides": job.overrides,
+        "model": cfg.model.get("name") or job.label_of("model", cfg.model),
+        "pooling": cfg.model.get("pooling"),
+        "loss": job.label_of("loss", cfg.loss),
+        "optimizer": job.label_of("optimizer", cfg.optimizer),
+        "scheduler": job.label_of("scheduler", cfg.scheduler),
+        "callbacks": sorted(cfg.callbacks),
+        "dataset": cfg.data.name,
+        "seed": cfg.seed,
+        "device": None,
+        "num_threads": None,
+        "num_threads_probe": None,
+        "weights": None,
+        "eval_weights": "model",
+        "image_size": None,
+        "resumed_from_epoch": None,
+        "setup_seconds": None,
+        "startup_seconds": None,
+        "started_at": _now(),
+        "finished_at": None,
+        "torch_version": torch.__version__,
+    }
 
 
 def fill_results(summary: dict[str, Any], run: Optional[TrainState], epochs: int) -> None:
@@ -161,11 +211,16 @@ def fill_results(summary: dict[str, Any], run: Optional[TrainState], epochs: int
     history = run.history[:epochs]
     best = max(history, key=lambda row: row["test_acc"])
     summary.update(
-        final_test_acc=history[-1]["test_acc"], final_test_loss=history[-1]["test_loss"],
-        final_train_loss=history[-1]["train_loss"], best_test_acc=best["test_acc"], best_epoch=best["epoch"],
-        epochs_completed=len(history), seconds_per_epoch=sum(r["seconds"] for r in history) / len(history),
-        stopped_early=run.stop_reason if run.epoch < summary["epochs"] else None, eval_weights=run.eval_weights,
-    )  # fmt: skip
+        final_test_acc=history[-1]["test_acc"],
+        final_test_loss=history[-1]["test_loss"],
+        final_train_loss=history[-1]["train_loss"],
+        best_test_acc=best["test_acc"],
+        best_epoch=best["epoch"],
+        epochs_completed=len(history),
+        seconds_per_epoch=sum(r["seconds"] for r in history) / len(history),
+        stopped_early=run.stop_reason if run.epoch < summary["epochs"] else None,
+        eval_weights=run.eval_weights,
+    )
     summary.update({f"final_{key}": value for key, value in history[-1].items() if key not in METRIC_KEYS})
 
 
@@ -173,12 +228,24 @@ def _explained(error: BaseException, cfg: Config, job: JobInfo, run: Optional[Tr
     """``error``, or the same error saying what is kept and what to do: for a diverged run, and a full disk."""
     checkpoint = job.run_dir / CHECKPOINT_FILE
     if isinstance(error, DivergedError) and run is not None:
-        kept = f"the checkpoint of epoch {run.epoch} is kept in {checkpoint}" if run.history else "no checkpoint was written"
-        return DivergedError(f"{error}; {kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule")
+        kept = (
+            f"the checkpoint of epoch {run.epoch} is kept in {checkpoint}"
+            if run.history
+            else "no checkpoint was written"
+        )
+        return DivergedError(
+            f"{error}; {kept}; lower optimizer.lr (now {cfg.optimizer.get('lr')}) or change the schedule"
+        )
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        kept = f"the checkpoint of the last finished epoch is kept in {checkpoint}" if checkpoint.is_file() else "no checkpoint was written"
-        return DiskFull(f"no space left on the disk of {job.run_dir} ({error.strerror}); {kept}; free some space and "
-                        f"continue with trainer.resume=true hydra.run.dir={job.run_dir}")  # fmt: skip
+        kept = (
+            f"the checkpoint of the last finished epoch is kept in {checkpoint}"
+            if checkpoint.is_file()
+            else "no checkpoint was written"
+        )
+        return DiskFull(
+            f"no space left on the disk of {job.run_dir} ({error.strerror}); {kept}; free some space and "
+            f"continue with trainer.resume=true hydra.run.dir={job.run_dir}"
+        )
     return error
 
 

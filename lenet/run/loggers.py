@@ -55,8 +55,13 @@ class Loggers:
             try:
                 getattr(logger, method)(*args, **kwargs)
             except Exception as e:  # the results are safe in the run dir; a logger must not end the run
-                log.warning("logger.%s failed in %s (%s: %s); it gets nothing more of this run",
-                            name, method, type(e).__name__, e)  # fmt: skip
+                log.warning(
+                    "logger.%s failed in %s (%s: %s); it gets nothing more of this run",
+                    name,
+                    method,
+                    type(e).__name__,
+                    e,
+                )
                 del self.loggers[name]
 
     def log_row(self, row: dict[str, Any], step: int) -> None:
@@ -168,11 +173,17 @@ class WandbLogger(Logger):
         try:
             with signals.raising():  # a Ctrl-C or SIGTERM must not wait for W&B's start-up (up to init_timeout)
                 self.run = wandb.init(
-                    dir=str(Path(run_dir).resolve()), mode=mode, project=project, entity=entity,
-                    group=group or sweep, name=name or label, tags=list(tags) or None, config=config,
+                    dir=str(Path(run_dir).resolve()),
+                    mode=mode,
+                    project=project,
+                    entity=entity,
+                    group=group or sweep,
+                    name=name or label,
+                    tags=list(tags) or None,
+                    config=config,
                     reinit="finish_previous",  # a previous job of a sweep in this process never leaks into this run
                     settings=wandb.Settings(**{"console": "off", "silent": True, **(settings or {})}),
-                )  # fmt: skip
+                )
         except Interrupted:
             raise
         except Exception as e:  # W&B's messages may run over many lines: the first says what

@@ -96,8 +96,9 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
         summary = json.loads(path.read_text())
         Status(summary["status"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SummaryError(f"{path} cannot be read ({type(e).__name__}: {e}); the run's other files may still hold "
-                           "its results") from None  # fmt: skip
+        raise SummaryError(
+            f"{path} cannot be read ({type(e).__name__}: {e}); the run's other files may still hold its results"
+        ) from None
     return summary
 
 
@@ -115,7 +116,11 @@ def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
     try:
         write_atomic(path, text)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file() or path.stat().st_size < len(text.encode()):
+        if (
+            e.errno not in (errno.ENOSPC, errno.EDQUOT)
+            or not path.is_file()
+            or path.stat().st_size < len(text.encode())
+        ):
             raise
         with open(path, "r+") as f:  # the disk is full: into the blocks the file has
             f.write(text)

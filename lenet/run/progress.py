@@ -18,8 +18,9 @@ class ProgressBar(Callback):
     def on_epoch_start(self, run: Any) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.steps, desc=f"epoch {run.epoch + 1}/{self.epochs}", unit="batch", leave=False,
-                        dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=self.steps, desc=f"epoch {run.epoch + 1}/{self.epochs}", unit="batch", leave=False, dynamic_ncols=True
+        )
 
     def on_step_end(self, run: Any, loss: Any) -> None:
         self.bar.update()

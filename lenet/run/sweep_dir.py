@@ -136,9 +136,19 @@ def read_swept_keys(sweep_dir: Path) -> Optional[list[str]]:
 
 
 def job_label(overrides: list[str], swept: Optional[list[str]]) -> str:
-    """What sets a job apart in its sweep, by key, e.g. ``pooling=avg,seed=1``; all overrides when unknown."""
-    chosen = [o for o in overrides if swept is None or split_override(o)[0] in swept]
-    return ",".join(sorted(chosen, key=lambda o: split_override(o)[0]))
+    """What sets a job apart in its sweep, by key, e.g. ``pooling=avg,seed=1``; without the swept keys, every
+    override that makes the run (not ``data.root``, the loggers, the device, ...). Numbers in 4 digits."""
+    chosen = [o for o in overrides if split_override(o)[0] in swept] if swept is not None else job_identity(overrides)
+    return ",".join(_short(o) for o in sorted(chosen, key=lambda o: split_override(o)[0]))
+
+
+def _short(override: str) -> str:
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if len(value) > 8 and "." in value else override
 
 
 def override_value(value: Any) -> str:

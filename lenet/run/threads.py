@@ -1,10 +1,12 @@
-"""How many CPU threads a job trains with: its share of the cores, and no more than the machine can give now.
+"""How many CPU threads a job trains with: by default its share of the machine's cores, the same whatever the load.
 
-On a busy machine more threads can be much slower than fewer: every parallel region of a
-training step waits for its slowest thread, and a thread that shares its core with another
-process keeps all the others waiting. So the default is chosen by trying: a few training steps
-of a small probe network with each candidate thread count, alternately, and the fastest wins.
-The choice is made once, before training, and recorded; ``device.num_threads=N`` pins it.
+CPU results depend on the thread count, so the default depends only on the machine and the job's
+share of it (cores / jobs running at once, at most ``$SLURM_CPUS_PER_TASK``): the same command gives
+the same result on a quiet and on a busy machine. ``device.num_threads=N`` pins a count;
+``device.num_threads=probe`` trades that repeatability for speed on a busy machine: a few training
+steps of a small probe network with each candidate count, alternately, and the fastest wins (more
+threads can be much slower than fewer when another process takes a core: every parallel region of a
+step waits for its slowest thread). The count is recorded, and a resumed run keeps its own.
 """
 
 from __future__ import annotations
@@ -96,31 +98,38 @@ def probe_num_threads(budget: int) -> tuple[int, dict[int, float]]:
     return chosen, medians
 
 
-def choose_num_threads(pinned: int | None, device: torch.device, parallel_jobs: int) -> tuple[int, dict[int, float]]:
-    """The thread count to train with: ``pinned`` if set, else the probe's pick within the job's budget.
+PROBE = "probe"  # device.num_threads=probe
 
-    The probe runs only for CPU training; on an accelerator the CPU threads only feed it, and the
-    budget stands. Returns the count and the probe's seconds per step (empty when it did not run).
-    """
-    if pinned is not None:
-        return pinned, {}
+
+def choose_num_threads(
+    setting: int | str | None, device: torch.device, parallel_jobs: int
+) -> tuple[int, dict[int, float]]:
+    """The thread count to train with: ``setting`` if a number, else the job's share of the cores, or with
+    ``probe`` the fastest count within that share (CPU training only; on an accelerator the CPU threads
+    only feed it). Returns the count and the probe's seconds per step (empty when it did not run)."""
+    if isinstance(setting, int):
+        return setting, {}
     budget = thread_budget(parallel_jobs)
-    if device.type != "cpu":
+    if setting != PROBE or device.type != "cpu":
         return budget, {}
     return probe_num_threads(budget)
 
 
-def set_threads(pinned: int | None, saved: int | None, device: torch.device, parallel_jobs: int) -> tuple[int, dict]:
+def set_threads(
+    pinned: int | str | None, saved: int | None, device: torch.device, parallel_jobs: int
+) -> tuple[int, dict]:
     """Set torch's CPU threads: a resumed run's own count ``saved`` (its results depend on it), else as chosen.
 
     Returns the count and the probe's seconds per step (empty when it did not run).
     """
     if saved:
-        if pinned and pinned != saved:
+        if pinned is not None and pinned != saved:
             log.warning(
-                "device.num_threads=%d ignored: the run continues with the %d threads it started with, "
-                "whose results it would otherwise not repeat", pinned, saved,
-            )  # fmt: skip
+                "device.num_threads=%s ignored: the run continues with the %d threads it started with, "
+                "whose results it would otherwise not repeat",
+                pinned,
+                saved,
+            )
         pinned = saved
     num_threads, probe = choose_num_threads(pinned, device, parallel_jobs)
     torch.set_num_threads(num_threads)

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-
 from lenet.run.files import save_atomic, write_atomic
 from lenet.run.loggers import Loggers
 from lenet.run.outcome import write_summary
@@ -52,9 +51,14 @@ class Tracking(Callback):
         self.loggers.log_row(row, step=row["epoch"])
         log.info(
             "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
-            row["epoch"], self.epochs, row["train_loss"], row["test_loss"], 100 * row["test_acc"], row["lr"],
+            row["epoch"],
+            self.epochs,
+            row["train_loss"],
+            row["test_loss"],
+            100 * row["test_acc"],
+            row["lr"],
             row["seconds"],
-        )  # fmt: skip
+        )
 
     def on_fit_end(self, run: TrainState, summary: dict[str, Any]) -> None:
         save_atomic(run.eval_model.state_dict(), self.weights)  # a crash never leaves a truncated weights file
@@ -63,11 +67,18 @@ class Tracking(Callback):
         best = max(run.history, key=lambda row: row["test_acc"])
         of = "" if run.eval_weights == "model" else f" of the {run.eval_weights} weights"
         early = f"; stopped early: {run.stop_reason}" if run.stop_reason and run.epoch < self.epochs else ""
+        threads = f"; {summary['num_threads']} CPU threads" if summary.get("device") == "cpu" else ""
         log.info(
-            "done: final test accuracy%s %.2f%% (best %.2f%% in epoch %d)%s; run dir %s; weights %s",
-            of, 100 * run.history[-1]["test_acc"], 100 * best["test_acc"], best["epoch"], early, self.run_dir,
+            "done: final test accuracy%s %.2f%% (best %.2f%% in epoch %d)%s%s; run dir %s; weights %s",
+            of,
+            100 * run.history[-1]["test_acc"],
+            100 * best["test_acc"],
+            best["epoch"],
+            early,
+            threads,
+            self.run_dir,
             self.weights,
-        )  # fmt: skip
+        )
 
     def _write_metrics(self, history: list[dict[str, Any]]) -> None:
         write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))

@@ -37,8 +37,16 @@ def _train_script(path: Path) -> Path:
     return path.resolve()
 
 
-def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device: str, workers: int,
-                  logger: str = "none", train: Path = Path("train.py")) -> dict[str, Any]:  # fmt: skip
+def bench_process(
+    root: Path,
+    epochs: int,
+    batch_size: int,
+    rounds: int,
+    device: str,
+    workers: int,
+    logger: str = "none",
+    train: Path = Path("train.py"),
+) -> dict[str, Any]:
     """Wall time of whole processes: ``train.py`` (seed path settings) vs the usual script, alternating.
 
     Round ``r`` runs both with seed ``r``, so the accuracies compare over as many seeds as rounds. With
@@ -49,8 +57,24 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
     results: dict[str, list] = {"usual": [], "harness": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            usual_cmd = [sys.executable, "-m", "lenet.bench", "reference", "--root", str(root), "--epochs", str(epochs),
-                         "--batch-size", str(batch_size), "--device", device, "--workers", str(workers), "--seed", str(r)]  # fmt: skip
+            usual_cmd = [
+                sys.executable,
+                "-m",
+                "lenet.bench",
+                "reference",
+                "--root",
+                str(root),
+                "--epochs",
+                str(epochs),
+                "--batch-size",
+                str(batch_size),
+                "--device",
+                device,
+                "--workers",
+                str(workers),
+                "--seed",
+                str(r),
+            ]
             if logger == "wandb":  # the usual script logs to W&B too: both sides do the same
                 usual_cmd += ["--wandb-dir", str(Path(tmp) / f"usual{r}")]
             start = time.perf_counter()
@@ -62,9 +86,20 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
                 }
             )
             run_dir = Path(tmp) / f"run{r}"
-            harness_cmd = [sys.executable, str(train), f"data.root={root}", f"trainer.epochs={epochs}",
-                           f"trainer.batch_size={batch_size}", "optimizer=adam", "scheduler=none", "data.resize=resize",
-                           f"logger={logger}", f"device={device}", f"seed={r}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+            harness_cmd = [
+                sys.executable,
+                str(train),
+                f"data.root={root}",
+                f"trainer.epochs={epochs}",
+                f"trainer.batch_size={batch_size}",
+                "optimizer=adam",
+                "scheduler=none",
+                "data.resize=resize",
+                f"logger={logger}",
+                f"device={device}",
+                f"seed={r}",
+                f"hydra.run.dir={run_dir}",
+            ]
             start = time.perf_counter()
             subprocess.run(harness_cmd, capture_output=True, text=True, check=True)
             summary = read_summary(run_dir)
@@ -88,8 +123,14 @@ def bench_process(root: Path, epochs: int, batch_size: int, rounds: int, device:
     report["harness"]["startup_seconds_each_round"] = [r["startup_seconds"] for r in results["harness"]]
     report["harness"]["seconds_per_epoch_each_round"] = [r["seconds_per_epoch"] for r in results["harness"]]
     report["speedup"] = report["usual"]["seconds"] / report["harness"]["seconds"]
-    report["setup"] = {"epochs": epochs, "batch_size": batch_size, "rounds": rounds, "device": device,
-                       "logger": logger, **machine()}  # fmt: skip
+    report["setup"] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "device": device,
+        "logger": logger,
+        **machine(),
+    }
     return report
 
 
@@ -107,9 +148,14 @@ def time_to_accuracy(run_dir: Path, target: float) -> dict[str, Any]:
         if row["test_acc"] >= target:
             reached = {"epoch": row["epoch"], "seconds": elapsed}
             break
-    return {"target": target, "reached": reached, "final_test_acc": summary.get("final_test_acc"),
-            "epochs": len(rows), "seconds_per_epoch": summary.get("seconds_per_epoch"),
-            "startup_seconds": summary.get("startup_seconds")}  # fmt: skip
+    return {
+        "target": target,
+        "reached": reached,
+        "final_test_acc": summary.get("final_test_acc"),
+        "epochs": len(rows),
+        "seconds_per_epoch": summary.get("seconds_per_epoch"),
+        "startup_seconds": summary.get("startup_seconds"),
+    }
 
 
 def bench_reach(overrides: list[str], target: float, train: Path = Path("train.py")) -> dict[str, Any]:
@@ -163,8 +209,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="steps", choices=["steps", "process", "reference", "reach"])
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default: data)")
-    parser.add_argument("--train", type=Path, default=Path("train.py"),
-                        help="process and reach modes: the train.py to run (default: the current directory's)")  # fmt: skip
+    parser.add_argument(
+        "--train",
+        type=Path,
+        default=Path("train.py"),
+        help="process and reach modes: the train.py to run (default: the current directory's)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300, help="training steps per round (steps mode)")
@@ -172,8 +222,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the usual script (reference mode)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the usual pipeline")
-    parser.add_argument("--logger", default="none", choices=["none", "wandb"],
-                        help="process mode: both scripts log to W&B offline (train.py with logger=wandb)")  # fmt: skip
+    parser.add_argument(
+        "--logger",
+        default="none",
+        choices=["none", "wandb"],
+        help="process mode: both scripts log to W&B offline (train.py with logger=wandb)",
+    )
     parser.add_argument("--wandb-dir", type=Path, help="reference mode: log to W&B offline in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--target", type=float, default=0.99, help="reach mode: the test accuracy to reach")
@@ -193,8 +247,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.mode == "steps":
         report = bench_steps(root, device, args.batch_size, args.steps, args.rounds, args.workers)
     else:
-        report = bench_process(root, args.epochs, args.batch_size, args.rounds, args.device, args.workers, args.logger,
-                               _train_script(args.train))
+        report = bench_process(
+            root,
+            args.epochs,
+            args.batch_size,
+            args.rounds,
+            args.device,
+            args.workers,
+            args.logger,
+            _train_script(args.train),
+        )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

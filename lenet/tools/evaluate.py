@@ -44,14 +44,21 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
     if not root.is_absolute():
         root = run_cwd(run.run_dir) / root
     _, test = load_dataset(
-        data.name, root, False, data.resize.value, data.mean, data.std, run.device,
-        synthetic_sizes=(data.train_size, data.test_size), size=data.size, num_classes=data.num_classes,
+        data.name,
+        root,
+        False,
+        data.resize.value,
+        data.mean,
+        data.std,
+        run.device,
+        synthetic_sizes=(data.train_size, data.test_size),
+        size=data.size,
+        num_classes=data.num_classes,
         loader=data.loader,
-    )  # fmt: skip
+    )
     loss_fn = build_loss(run.cfg.loss)
     with torch.no_grad():
-        result = evaluate_model(run.model, loss_fn, test, batch_size,
-                                metrics=build_metrics(["per_class_accuracy"]))  # fmt: skip
+        result = evaluate_model(run.model, loss_fn, test, batch_size, metrics=build_metrics(["per_class_accuracy"]))
         predicted = torch.cat(
             [run.model(test.images[i : i + batch_size]).argmax(1) for i in range(0, len(test), batch_size)]
         ).cpu()
@@ -59,11 +66,14 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
     classes = data.num_classes
     confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
     report = {
-        "test_loss": result["test_loss"], "test_acc": result["test_acc"],
+        "test_loss": result["test_loss"],
+        "test_acc": result["test_acc"],
         "per_class_accuracy": {k.rsplit("_", 1)[1]: v for k, v in result.items() if k.startswith("test_per_class")},
-        "confusion_matrix": confusion.tolist(), "misclassified": int((predicted != labels).sum()),
-        "test_images": len(labels), "weights": run.summary["weights"],
-    }  # fmt: skip
+        "confusion_matrix": confusion.tolist(),
+        "misclassified": int((predicted != labels).sum()),
+        "test_images": len(labels),
+        "weights": run.summary["weights"],
+    }
     write_atomic(run.run_dir / "evaluation.json", json.dumps(report, indent=2) + "\n")
     _plot_confusion(confusion.numpy(), run.run_dir / "confusion_matrix.png")
     wrong = (predicted != labels).nonzero().flatten()[:MAX_SHOWN]
@@ -87,10 +97,22 @@ def _plot_confusion(confusion: np.ndarray, path: Path) -> None:
         for pred in range(classes):
             if confusion[true, pred]:
                 light = shown[true, pred] > shown.max() * 0.6
-                ax.text(pred, true, str(confusion[true, pred]), ha="center", va="center", fontsize=7,
-                        color="white" if light else "black")  # fmt: skip
-    ax.set(xlabel="predicted", ylabel="true", xticks=range(classes), yticks=range(classes),
-           title=f"confusion matrix ({int(confusion.sum() - np.trace(confusion))} of {int(confusion.sum())} wrong)")  # fmt: skip
+                ax.text(
+                    pred,
+                    true,
+                    str(confusion[true, pred]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if light else "black",
+                )
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        xticks=range(classes),
+        yticks=range(classes),
+        title=f"confusion matrix ({int(confusion.sum() - np.trace(confusion))} of {int(confusion.sum())} wrong)",
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -126,8 +148,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("run_dir", type=Path, help="a run's output dir (outputs/DATE/TIME or multirun/.../N)")
     parser.add_argument("--data-root", type=Path, help="where the dataset is, if not where the run found it")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument("--trust", action="append", default=[], metavar="MODULE",
-                        help="build the run's components from MODULE too (your own code; repeat for several)")  # fmt: skip
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="build the run's components from MODULE too (your own code; repeat for several)",
+    )
     args = parser.parse_args(argv)
     try:
         report = evaluate_run(load_run(args.run_dir, args.device, trust=args.trust), args.data_root)
@@ -135,8 +162,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     worst = sorted(report["per_class_accuracy"].items(), key=lambda kv: kv[1])[:3]
-    print(f"test accuracy {100 * report['test_acc']:.2f}%  test loss {report['test_loss']:.4f}  "
-          f"({report['misclassified']} of {report['test_images']} wrong)")  # fmt: skip
+    print(
+        f"test accuracy {100 * report['test_acc']:.2f}%  test loss {report['test_loss']:.4f}  "
+        f"({report['misclassified']} of {report['test_images']} wrong)"
+    )
     print("weakest classes: " + ", ".join(f"{c} {100 * a:.2f}%" for c, a in worst))
     print(f"wrote evaluation.json, confusion_matrix.png and misclassified.png in {args.run_dir}")
 

@@ -11,7 +11,6 @@ and pooling that made them. A weights file alone is a plain ``state_dict``:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -24,11 +23,10 @@ from torch import nn
 from lenet.core.data import preprocess
 from lenet.core.errors import UserError
 from lenet.core.models import build_model
-from lenet.run.config import Config, register_configs, to_typed
 from lenet.run.assemble import resolve_device
+from lenet.run.config import Config, register_configs, to_typed
 from lenet.run.outcome import read_summary
-
-MNIST_BOX = 20  # MNIST's digits were scaled into a 20x20 box, centred in the 28x28 image
+from lenet.tools.images import load_image
 
 
 @dataclass
@@ -58,10 +56,26 @@ class Run:
 
     @torch.no_grad()
     def predict(self, images: Union[np.ndarray, Sequence[Union[str, Path]]]) -> torch.Tensor:
-        """Class probabilities (N, num_classes) for uint8 images or for image files of any size."""
+        """Class probabilities (N, num_classes) for uint8 images as the dataset holds them, or for image files
+        of any size (``lenet.tools.images``). Arrays of another type or shape are refused with what to do."""
         if not isinstance(images, np.ndarray):
             images = np.stack([load_image(Path(p), self.image_size, self.channels) for p in images])
+        self._check(images)
         return self.model(self.preprocess(images)).float().softmax(dim=1).cpu()
+
+    def _check(self, images: np.ndarray) -> None:
+        shape = (*self.image_size, 3) if self.channels == 3 else self.image_size
+        if images.dtype != np.uint8:
+            span = f" in [{images.min():.3g}, {images.max():.3g}]" if images.size and images.dtype.kind in "fiu" else ""
+            raise UserError(
+                f"images must be uint8 (0-255) as the dataset holds them, got {images.dtype}{span}: "
+                "for floats in [0, 1], pass (images * 255).round().astype(numpy.uint8)"
+            )
+        if images.ndim != len(shape) + 1 or images.shape[1:] != shape:
+            raise UserError(
+                f"images must be (N, {', '.join(map(str, shape))}) as the run's dataset holds them, got "
+                f"{images.shape}; image files of any size are brought to it: pass their paths"
+            )
 
 
 TRUSTED = ("lenet", "torch")  # packages whose components a run dir may name without being trusted explicitly
@@ -144,7 +158,9 @@ def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str
     except UserError:
         raise
     except Exception as e:  # a config file that is not one of ours
-        raise UserError(f"{config_file} is not a run's config ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise UserError(
+            f"{config_file} is not a run's config ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
     torch_device = resolve_device(device)
     model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
     try:
@@ -152,47 +168,7 @@ def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str
         model.load_state_dict(state)
     except Exception as e:  # another model's weights, a truncated or foreign file
         reason = " ".join(str(e).split())[:200]
-        raise UserError(f"{run_dir / summary['weights']} does not hold this run's model's weights "
-                        f"({type(e).__name__}: {reason})") from None  # fmt: skip
+        raise UserError(
+            f"{run_dir / summary['weights']} does not hold this run's model's weights ({type(e).__name__}: {reason})"
+        ) from None
     return Run(run_dir, cfg, summary, model.to(torch_device).eval(), torch_device)
-
-
-def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """An image file as the dataset would hold it: uint8, ``size``, light strokes on a dark background.
-
-    An image of another size is cropped to its strokes, scaled into a box of 20/28 of the side and
-    centred, as MNIST's digits were made; a light background is inverted first.
-    """
-    from PIL import Image, ImageOps
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # an image too large to be a digit
-            image = Image.open(path)
-            image.load()
-    except Exception as e:  # PIL raises many kinds for truncated, corrupt, hostile or foreign files
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise UserError(f"cannot read the image {path}: {reason}") from None
-    image = ImageOps.exif_transpose(image).convert("RGB" if channels == 3 else "L")
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 127:  # dark strokes on a light background: MNIST's are light on dark
-        image = ImageOps.invert(image)
-    if image.size != (size[1], size[0]):
-        image = _fit_like_mnist(image, size)
-    pixels = np.asarray(image, dtype=np.uint8)
-    return pixels if channels == 3 else pixels.reshape(size)
-
-
-def _fit_like_mnist(image: Any, size: tuple[int, int]) -> Any:
-    from PIL import Image
-
-    box = image.convert("L").point(lambda v: 255 if v > 40 else 0).getbbox() or (0, 0, *image.size)
-    strokes = image.crop(box)
-    height, width = size
-    scale = min(width, height) * MNIST_BOX / 28 / max(strokes.size)
-    new_size = (max(1, round(strokes.size[0] * scale)), max(1, round(strokes.size[1] * scale)))
-    strokes = strokes.resize(new_size, Image.Resampling.LANCZOS)
-    canvas = Image.new(image.mode, (width, height))
-    canvas.paste(strokes, ((width - new_size[0]) // 2, (height - new_size[1]) // 2))
-    return canvas

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from lenet.core.errors import UserError
+from lenet.tools.images import NoStrokes
 from lenet.tools.inference import load_run
 
 
@@ -21,8 +22,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("run_dir", type=Path, help="a run's output dir, whose config and weights are used")
     parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument("--trust", action="append", default=[], metavar="MODULE",
-                        help="build the run's components from MODULE too (your own code; repeat for several)")  # fmt: skip
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="build the run's components from MODULE too (your own code; repeat for several)",
+    )
     args = parser.parse_args(argv)
     try:
         run = load_run(args.run_dir, args.device, trust=args.trust)
@@ -33,6 +39,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     for path in args.images:
         try:
             probabilities = run.predict([path])[0]
+        except NoStrokes as e:  # not a failure: nothing to classify
+            print(f"{path}  -  {e}")
+            continue
         except UserError as e:  # one bad file: said, and the others still predicted
             print(f"error: {e}", file=sys.stderr)
             failed += 1

@@ -78,8 +78,15 @@ def usual_evaluate(model: torch.nn.Module, loader: Any, device: torch.device) ->
     return correct / total
 
 
-def reference_run(root: Path, epochs: int, batch_size: int, device: torch.device, workers: int, seed: int,
-                  wandb_dir: Optional[Path] = None) -> float:  # fmt: skip
+def reference_run(
+    root: Path,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    workers: int,
+    seed: int,
+    wandb_dir: Optional[Path] = None,
+) -> float:
     """The usual script end to end: train ``epochs`` with Adam(1e-3), test after each; final accuracy.
 
     With ``wandb_dir`` it also logs to W&B (offline, in that folder) the usual way: W&B imported and run
@@ -156,8 +163,9 @@ def _timed(device: torch.device, fn: Callable[[], int]) -> tuple[float, int, int
     return seconds, images, memory.peak_bytes
 
 
-def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, rounds: int, workers: int,
-                warmup: int = 20) -> dict[str, Any]:  # fmt: skip
+def bench_steps(
+    root: Path, device: torch.device, batch_size: int, steps: int, rounds: int, workers: int, warmup: int = 20
+) -> dict[str, Any]:
     """Images per second of both pipelines over ``steps`` training steps, alternating for ``rounds``."""
     torch.manual_seed(0)
     loader, _ = usual_loaders(root, batch_size, workers, seed=0)
@@ -210,8 +218,14 @@ def bench_steps(root: Path, device: torch.device, batch_size: int, steps: int, r
     report["usual"]["data_memory_mb"] = usual_data / 2**20
     report["harness"]["data_memory_mb"] = (train.images.nbytes + train.labels.nbytes) / 2**20
     report["speedup"] = report["harness"]["images_per_second"] / report["usual"]["images_per_second"]
-    report["setup"] = {"device": str(device), "batch_size": batch_size, "steps": steps, "rounds": rounds,
-                       "workers": workers, **machine()}  # fmt: skip
+    report["setup"] = {
+        "device": str(device),
+        "batch_size": batch_size,
+        "steps": steps,
+        "rounds": rounds,
+        "workers": workers,
+        **machine(),
+    }
     return report
 
 

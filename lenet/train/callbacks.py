@@ -64,8 +64,9 @@ class Callbacks(Mapping[str, Any]):
 
     def __init__(self, callbacks: Mapping[str, Any] | None = None):
         self._callbacks = dict(callbacks or {})
-        self._hooks = {hook: [getattr(cb, hook) for cb in self._callbacks.values() if _implements(cb, hook)]
-                       for hook in HOOKS}  # fmt: skip
+        self._hooks = {
+            hook: [getattr(cb, hook) for cb in self._callbacks.values() if _implements(cb, hook)] for hook in HOOKS
+        }
 
     def __getitem__(self, name: str) -> Any:
         return self._callbacks[name]

@@ -50,15 +50,27 @@ def fit(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> TrainSt
         callbacks.on_epoch_start(run)
         started, lr = time.perf_counter(), run.lr  # the lr of the epoch's first step
         train_loss = train_epoch(run, settings, callbacks)
-        evaluation = evaluate(_model_to_evaluate(run, settings), run.loss_fn, settings.test, settings.eval_batch_size, settings.bf16,
-                              settings.metrics)  # fmt: skip
+        evaluation = evaluate(
+            _model_to_evaluate(run, settings),
+            run.loss_fn,
+            settings.test,
+            settings.eval_batch_size,
+            settings.bf16,
+            settings.metrics,
+        )
         if not (math.isfinite(train_loss) and math.isfinite(evaluation["test_loss"])):
             bad = train_loss if not math.isfinite(train_loss) else evaluation["test_loss"]
             raise DivergedError(f"the loss became {bad} in epoch {run.epoch + 1}")
         run.epoch += 1
-        row = {"epoch": run.epoch, "train_loss": train_loss, "test_loss": evaluation.pop("test_loss"),
-               "test_acc": evaluation.pop("test_acc"), "lr": lr, "seconds": time.perf_counter() - started,
-               **evaluation}  # fmt: skip
+        row = {
+            "epoch": run.epoch,
+            "train_loss": train_loss,
+            "test_loss": evaluation.pop("test_loss"),
+            "test_acc": evaluation.pop("test_acc"),
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            **evaluation,
+        }
         run.history.append(row)
         run.scheduler.step_epoch(row)
         callbacks.on_epoch_end(run, row)

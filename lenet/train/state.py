@@ -84,7 +84,9 @@ class TrainState:
             "history": self.history,
             "stop_reason": self.stop_reason,
             "callbacks": {
-                name: cb.state_dict() for name, cb in self.callbacks.items() if callable(getattr(cb, "state_dict", None))
+                name: cb.state_dict()
+                for name, cb in self.callbacks.items()
+                if callable(getattr(cb, "state_dict", None))
             },
         }
 

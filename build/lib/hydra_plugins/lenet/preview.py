@@ -1,0 +1,57 @@
+"""``python train.py -m ... hydra/launcher=preview``: list the jobs a sweep would run, and check each config.
+
+Nothing runs and no folder is made (lenet's sweepers write nothing for a launcher that runs no jobs). Each job's
+config is composed as the real launcher composes it and checked as the job checks it (``lenet.run.preflight``: the
+schema, and the model, optimizer, loss, schedule and callbacks built), so a bad combination shows before the sweep.
+"""
+
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class PreviewLauncherConf:
+    _target_: str = "hydra_plugins.lenet.preview.PreviewLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="preview", node=PreviewLauncherConf, provider="lenet")
+
+
+class PreviewLauncher(Launcher):
+    """Prints one line per job: its number, its overrides, and whether its config is valid."""
+
+    runs_jobs = False  # lenet's sweepers then claim no sweep dir and write nothing
+
+    def __init__(self) -> None:
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.invalid = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from lenet.run.preflight import preflight
+
+        assert self.config is not None and self.hydra_context is not None
+        for offset, overrides in enumerate(job_overrides):
+            try:
+                preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+                verdict = ""
+            except Exception as e:  # a bad combination: say so and list the others
+                self.invalid += 1
+                verdict = f"  <- invalid: {str(e).strip().splitlines()[0]}"
+            print(f"#{initial_job_idx + offset}: {' '.join(overrides) or '(no overrides)'}{verdict}")
+        if self.invalid:
+            print(f"error: {self.invalid} of {len(job_overrides)} jobs have an invalid config", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"{len(job_overrides)} jobs; run them without hydra/launcher=preview")
+        return []

@@ -1,0 +1,90 @@
+"""Where a run's results go: ``metrics.jsonl``, the final weights and ``summary.json`` in its dir, and its loggers.
+
+``Tracking`` is the callback the harness adds to every run. ``metrics.jsonl`` (one JSON object per
+epoch) is rewritten whole through a temporary file and a rename, so a crash never leaves a half-written
+or duplicated line; the summary is written through ``lenet.run.outcome``, its owner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from lenet.run.files import save_atomic, write_atomic
+from lenet.run.loggers import Loggers
+from lenet.run.outcome import write_summary
+from lenet.train.callbacks import Callback
+from lenet.train.state import TrainState
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run, in order; empty when the run logged none."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def weights_file(run_dir: Path, dataset: str) -> Path:
+    """Where a run's final weights go: ``lenet_<dataset>.pth``."""
+    return run_dir / f"lenet_{dataset}.pth"
+
+
+class Tracking(Callback):
+    """Records one run: each epoch in metrics.jsonl and the loggers, the final weights, and the summary at the end."""
+
+    def __init__(self, run_dir: Path, epochs: int, weights: Path, loggers: Optional[Loggers] = None):
+        self.run_dir, self.epochs, self.weights = run_dir, epochs, weights
+        self.loggers = loggers or Loggers()
+
+    def on_fit_start(self, run: TrainState) -> None:
+        self._write_metrics(run.history)  # a resumed run drops epochs logged after its checkpoint was written
+        self.loggers.resume(run.history)
+
+    def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
+        self._write_metrics(run.history)
+        self.loggers.log_row(row, step=row["epoch"])
+        log.info(
+            "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
+            row["epoch"],
+            self.epochs,
+            row["train_loss"],
+            row["test_loss"],
+            100 * row["test_acc"],
+            row["lr"],
+            row["seconds"],
+        )
+
+    def on_fit_end(self, run: TrainState, summary: dict[str, Any]) -> None:
+        save_atomic(run.eval_model.state_dict(), self.weights)  # a crash never leaves a truncated weights file
+        summary["weights"] = self.weights.name
+        self.loggers.log_file(self.weights, "model")
+        best = max(run.history, key=lambda row: row["test_acc"])
+        of = "" if run.eval_weights == "model" else f" of the {run.eval_weights} weights"
+        early = f"; stopped early: {run.stop_reason}" if run.stop_reason and run.epoch < self.epochs else ""
+        threads = f"; {summary['num_threads']} CPU threads" if summary.get("device") == "cpu" else ""
+        log.info(
+            "done: final test accuracy%s %.2f%% (best %.2f%% in epoch %d)%s%s; run dir %s; weights %s",
+            of,
+            100 * run.history[-1]["test_acc"],
+            100 * best["test_acc"],
+            best["epoch"],
+            early,
+            threads,
+            self.run_dir,
+            self.weights,
+        )
+
+    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
+        write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+
+    def finish(self, summary: dict[str, Any], exit_code: int, write: bool = True) -> None:
+        """Write summary.json (unless told not to) and finish the loggers, marked failed when ``exit_code`` is not 0."""
+        if write:
+            write_summary(self.run_dir, summary)
+        self.loggers.finish(summary, exit_code)

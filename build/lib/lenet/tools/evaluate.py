@@ -1,0 +1,174 @@
+"""python -m lenet.evaluate RUN_DIR: a run's final weights on its test set, with pictures of what it gets wrong.
+
+Writes into the run dir: ``evaluation.json`` (test loss and accuracy, per-class accuracy, the
+confusion matrix), ``confusion_matrix.png`` and ``misclassified.png`` (a grid of the misclassified
+test images with their true and predicted labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from lenet.core.data import load_dataset
+from lenet.core.errors import UserError
+from lenet.core.losses import build_loss
+from lenet.core.metrics import build_metrics
+from lenet.run.tracking import write_atomic
+from lenet.tools.inference import Run, load_run
+from lenet.train.loop import evaluate as evaluate_model
+
+GRID_COLUMNS = 10
+MAX_SHOWN = 100  # misclassified images in the grid
+
+
+def run_cwd(run_dir: Path) -> Path:
+    """Where the run was started (relative data.root values are relative to it); the run dir when unknown."""
+    from omegaconf import OmegaConf
+
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") if hydra_file.is_file() else None
+    return Path(cwd) if cwd else run_dir
+
+
+def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1000) -> dict[str, Any]:
+    """Test loss, accuracy, per-class accuracy and confusion matrix of ``run``'s weights; writes the PNGs too."""
+    data = run.cfg.data
+    root = data_root or Path(data.root).expanduser()
+    if not root.is_absolute():
+        root = run_cwd(run.run_dir) / root
+    _, test = load_dataset(
+        data.name,
+        root,
+        False,
+        data.resize.value,
+        data.mean,
+        data.std,
+        run.device,
+        synthetic_sizes=(data.train_size, data.test_size),
+        size=data.size,
+        num_classes=data.num_classes,
+        loader=data.loader,
+    )
+    loss_fn = build_loss(run.cfg.loss)
+    with torch.no_grad():
+        result = evaluate_model(run.model, loss_fn, test, batch_size, metrics=build_metrics(["per_class_accuracy"]))
+        predicted = torch.cat(
+            [run.model(test.images[i : i + batch_size]).argmax(1) for i in range(0, len(test), batch_size)]
+        ).cpu()
+    labels = test.labels.cpu()
+    classes = data.num_classes
+    confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
+    report = {
+        "test_loss": result["test_loss"],
+        "test_acc": result["test_acc"],
+        "per_class_accuracy": {k.rsplit("_", 1)[1]: v for k, v in result.items() if k.startswith("test_per_class")},
+        "confusion_matrix": confusion.tolist(),
+        "misclassified": int((predicted != labels).sum()),
+        "test_images": len(labels),
+        "weights": run.summary["weights"],
+    }
+    write_atomic(run.run_dir / "evaluation.json", json.dumps(report, indent=2) + "\n")
+    _plot_confusion(confusion.numpy(), run.run_dir / "confusion_matrix.png")
+    wrong = (predicted != labels).nonzero().flatten()[:MAX_SHOWN]
+    _plot_misclassified(
+        run, test.images[wrong].cpu(), labels[wrong], predicted[wrong], run.run_dir / "misclassified.png"
+    )
+    return report
+
+
+def _plot_confusion(confusion: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = len(confusion)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * classes, 0.8 + 0.5 * classes), layout="constrained")
+    shown = np.log1p(confusion)  # the diagonal dwarfs the mistakes on a linear scale
+    ax.imshow(shown, cmap="Blues")
+    for true in range(classes):
+        for pred in range(classes):
+            if confusion[true, pred]:
+                light = shown[true, pred] > shown.max() * 0.6
+                ax.text(
+                    pred,
+                    true,
+                    str(confusion[true, pred]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if light else "black",
+                )
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        xticks=range(classes),
+        yticks=range(classes),
+        title=f"confusion matrix ({int(confusion.sum() - np.trace(confusion))} of {int(confusion.sum())} wrong)",
+    )
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_misclassified(
+    run: Run, images: torch.Tensor, true: torch.Tensor, predicted: torch.Tensor, path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(images) // GRID_COLUMNS))
+    fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(GRID_COLUMNS * 1.1, rows * 1.3), squeeze=False)
+    mean = torch.tensor(run.cfg.data.mean).view(-1, 1, 1)
+    std = torch.tensor(run.cfg.data.std).view(-1, 1, 1)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t, p in zip(axes.flat, images, true.tolist(), predicted.tolist()):
+        pixels = (image.float() * std + mean).clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+        ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None)
+        ax.set_title(f"{t} as {p}", fontsize=8, color="crimson")
+    if not len(images):
+        axes.flat[0].set_title("no misclassified test image")
+    fig.suptitle(f"misclassified test images (true as predicted), first {len(images)}", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Command line: evaluate a run dir, print the figures, write the files."""
+    parser = argparse.ArgumentParser(prog="python -m lenet.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run's output dir (outputs/DATE/TIME or multirun/.../N)")
+    parser.add_argument("--data-root", type=Path, help="where the dataset is, if not where the run found it")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="build the run's components from MODULE too (your own code; repeat for several)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate_run(load_run(args.run_dir, args.device, trust=args.trust), args.data_root)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    worst = sorted(report["per_class_accuracy"].items(), key=lambda kv: kv[1])[:3]
+    print(
+        f"test accuracy {100 * report['test_acc']:.2f}%  test loss {report['test_loss']:.4f}  "
+        f"({report['misclassified']} of {report['test_images']} wrong)"
+    )
+    print("weakest classes: " + ", ".join(f"{c} {100 * a:.2f}%" for c, a in worst))
+    print(f"wrote evaluation.json, confusion_matrix.png and misclassified.png in {args.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""A sweep as the comparison sees it: its jobs (read through the run's owners), grouped into variants.
+
+A variant is the jobs that share every swept setting but the seed. The swept keys come from the sweep's
+own record (``sweep.json``); for jobs without one, the keys whose values differ, except the seed and the
+settings a resume may change (``trainer.resume``, the loggers, the device, ...), which never make a variant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lenet.run.config import RESUME_IGNORES
+from lenet.run.outcome import Outcome, Status, read_outcome
+from lenet.run.sweep_dir import read_sweep_record, recorded_overrides, split_override, sweep_jobs
+from lenet.run.tracking import METRICS_FILE
+
+SEED_KEY = "seed"
+SEARCH_FILES = ("optimization_results.yaml", "trials.csv")  # an Optuna search wrote its sweep dir
+
+
+@dataclass
+class Job:
+    """One job of the sweep as its files describe it."""
+
+    path: Path
+    overrides: dict[str, str]
+    outcome: Outcome
+    metrics: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)  # files of the job that could not be read
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.outcome.summary)
+
+    @property
+    def status(self) -> str:
+        return self.outcome.status.value
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome.status == Status.completed
+
+    def final(self, key: str) -> Optional[float]:
+        """The last epoch's value of metrics.jsonl key ``key`` (the summary's ``final_<key>`` without metrics)."""
+        if self.metrics and isinstance(self.metrics[-1].get(key), (int, float)):
+            return float(self.metrics[-1][key])
+        return self.outcome.value(f"final_{key}")
+
+    def best(self, key: str) -> Optional[float]:
+        """The best epoch's value of ``key``: the lowest for losses, else the highest."""
+        values = [float(row[key]) for row in self.metrics if isinstance(row.get(key), (int, float))]
+        if not values:
+            return self.outcome.value(f"best_{key}")
+        return min(values) if lower_is_better(key) else max(values)
+
+    @property
+    def seed(self) -> Optional[str]:
+        seed = self.overrides.get(SEED_KEY)
+        return seed if seed is not None else (str(self.summary["seed"]) if "seed" in self.summary else None)
+
+
+@dataclass
+class Variant:
+    """The jobs of a sweep that differ only in their seed."""
+
+    label: str
+    settings: dict[str, str]
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[Job]:
+        return [j for j in self.jobs if j.completed]
+
+    @property
+    def not_done(self) -> list[Job]:
+        return [j for j in self.jobs if not j.completed]
+
+    def values(self, key: str) -> list[float]:
+        return [v for j in self.done if (v := j.outcome.value(key)) is not None]
+
+    def finals(self, key: str) -> list[float]:
+        return [v for j in self.done if (v := j.final(key)) is not None]
+
+    def bests(self, key: str) -> list[float]:
+        return [v for j in self.done if (v := j.best(key)) is not None]
+
+
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metrics.jsonl key ``key`` is the better one."""
+    return "loss" in key or key == "seconds"
+
+
+def is_fraction(key: str) -> bool:
+    """Whether ``key`` holds a fraction shown in percent (accuracies and the like)."""
+    return not lower_is_better(key) and key != "lr"
+
+
+def is_search(sweep_dir: Path) -> bool:
+    """Whether the sweep is an Optuna search (each trial one configuration), not a grid of variants."""
+    return read_sweep_record(sweep_dir).get("kind") == "search" or any((sweep_dir / f).is_file() for f in SEARCH_FILES)
+
+
+def find_sweeps(folder: Path) -> list[Path]:
+    """The sweep dirs in ``folder``: itself when it is one (Hydra's multirun.yaml), else each one inside it."""
+    markers = ("multirun.yaml", "sweep.json")
+    if any((folder / m).is_file() for m in markers):
+        return [folder]
+    inside = sorted({p.parent for m in markers for p in folder.glob(f"**/{m}")})
+    return inside or [folder]  # no marker: jobs alone (copied out of their sweep) are one sweep
+
+
+def _metrics(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = (path / METRICS_FILE).read_text().splitlines() if (path / METRICS_FILE).is_file() else []
+    except OSError as e:
+        problems.append(f"{METRICS_FILE} cannot be read ({e.strerror})")
+        return rows
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = "bad"
+        if isinstance(row, dict):
+            rows.append(row)
+        elif row is not None:
+            problems.append(f"{METRICS_FILE} line {number} is not a row")
+    return rows
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job of ``sweep_dir`` with its overrides, outcome and per-epoch metrics; unreadable files are noted."""
+    jobs = []
+    for path in sweep_jobs(sweep_dir):
+        problems: list[str] = []
+        overrides = recorded_overrides(path)
+        outcome = read_outcome(path)
+        if overrides is None:
+            problems.append(".hydra/overrides.yaml cannot be read")
+            overrides = [str(o) for o in outcome.summary.get("overrides") or []]
+        jobs.append(Job(path, dict(map(split_override, overrides)), outcome, _metrics(path, problems), problems))
+    return jobs
+
+
+def varied_keys(jobs: list[Job], sweep_dir: Path) -> list[str]:
+    """The keys that make variants: the sweep's recorded swept keys, else those whose values differ; never the seed
+    or what a resume may change."""
+
+    def counts(key: str) -> bool:
+        return key != SEED_KEY and not any(key == i or key.startswith(i + ".") for i in RESUME_IGNORES)
+
+    swept = read_sweep_record(sweep_dir).get("swept")
+    if isinstance(swept, list):
+        return [k for k in swept if counts(k)]
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    return [k for k in keys if counts(k) and len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def group_variants(jobs: list[Job], keys: list[str]) -> list[Variant]:
+    """Group jobs by their values of ``keys``."""
+    variants: dict[tuple, Variant] = {}
+    for job in jobs:
+        settings = {k: job.overrides.get(k, "(default)") for k in keys}
+        label = ",".join(f"{k}={v}" for k, v in settings.items()) or "all jobs"
+        variants.setdefault(tuple(settings.items()), Variant(label, settings)).jobs.append(job)
+    return list(variants.values())

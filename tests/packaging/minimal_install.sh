@@ -22,7 +22,8 @@ if run -m hydra/launcher=slurm seed=0,1 2> slurm.err; then echo "FAIL: slurm wit
 [ "$(wc -l < slurm.err)" -eq 1 ] && grep -q "pip install -e '.\[launchers\]'" slurm.err
 if run -m hparams_search=optuna 2> optuna.err; then echo "FAIL: optuna without its extra ran"; exit 1; fi
 grep -q "optuna, which is not installed" optuna.err
-pip install -q "$repo"  # not editable: the console scripts from the installed package
+git -C "$repo" archive --format=tar HEAD | (mkdir -p "$work/src" && tar -x -C "$work/src")  # a build leaves build/ behind
+pip install -q "$work/src"  # not editable: the console scripts from the installed package
 lenet-compare sweep > compare.out && grep -q "2 jobs" compare.out
 python - <<'PY'
 import gzip, numpy as np, pathlib

@@ -1,1 +1,0 @@
-"""lenet's Hydra plugins: launchers (preview, processes, submitit with per-job failures) and an Optuna sweeper."""

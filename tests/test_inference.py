@@ -132,8 +132,9 @@ def test_a_transparent_png_is_read_as_strokes_on_white(tmp_path):
     assert np.corrcoef(loaded.ravel(), ring().ravel())[0, 1] > 0.9  # not all black
 
 
-@pytest.mark.parametrize("pixels", [np.full((50, 50), 255), np.full((1, 1), 0), np.full((40, 30), 128)],
-                         ids=["white", "one-pixel", "grey"])  # fmt: skip
+@pytest.mark.parametrize(
+    "pixels", [np.full((50, 50), 255), np.full((1, 1), 0), np.full((40, 30), 128)], ids=["white", "one-pixel", "grey"]
+)
 def test_an_image_with_nothing_in_it_gets_no_class(tmp_path, pixels):
     from lenet.tools.images import NoStrokes
 

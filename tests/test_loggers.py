@@ -23,11 +23,11 @@ TINY = [
 
 
 def readme_block(first_line: str) -> str:
-    return doc_block("README.md", first_line)
+    return doc_block("docs/extending.md", first_line)
 
 
 @pytest.mark.slow
-def test_the_readme_logger_recipe_runs_beside_wandb(tmp_path):
+def test_the_documented_logger_recipe_runs_beside_wandb(tmp_path):
     (tmp_path / "my_loggers.py").write_text(readme_block("# my_loggers.py"))
     (tmp_path / "my_conf" / "logger").mkdir(parents=True)
     (tmp_path / "my_conf" / "logger" / "acc_file.yaml").write_text(readme_block("# my_conf/logger/acc_file.yaml"))

@@ -8,13 +8,28 @@ import sys
 import pytest
 from conftest import REPO, read_json, read_jsonl, run_in_process, run_train, wait_for_first_epoch, without_time
 
-ARGS = ["logger=none", "data=synthetic", "data.train_size=3000", "data.test_size=128", "trainer.batch_size=64",
-        "device=cpu", "device.num_threads=1", "trainer.epochs=3", "optimizer=adam", "scheduler=cosine"]  # fmt: skip
+ARGS = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=3000",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.epochs=3",
+    "optimizer=adam",
+    "scheduler=cosine",
+]
 
 
 def interrupt(args, cwd, metrics):
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(metrics)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -41,8 +56,13 @@ def test_the_printed_resume_command_continues_the_run_with_nothing_retyped(tmp_p
 @pytest.mark.slow
 def test_an_interrupted_sweep_prints_its_job_table_and_the_command_that_continues_it(tmp_path):
     args = ["-m", "seed=0,1", *ARGS, "hydra.sweep.dir=sweep"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

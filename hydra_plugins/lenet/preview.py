@@ -42,9 +42,11 @@ class PreviewLauncher(Launcher):
         from lenet.run.preflight import preflight
 
         assert self.config is not None and self.hydra_context is not None
+        configs = []
         for offset, overrides in enumerate(job_overrides):
             try:
-                preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+                configs.append(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+                preflight(configs[-1])
                 verdict = ""
             except Exception as e:  # a bad combination: say so and list the others
                 self.invalid += 1
@@ -54,4 +56,19 @@ class PreviewLauncher(Launcher):
             print(f"error: {self.invalid} of {len(job_overrides)} jobs have an invalid config", file=sys.stderr)
             raise SystemExit(1)
         print(f"{len(job_overrides)} jobs; run them without hydra/launcher=preview")
+        print(_fused_groups(configs, initial_job_idx))
         return []
+
+
+def _fused_groups(configs: Sequence[DictConfig], first: int) -> str:
+    """How hydra/launcher=fused would train these jobs: which share a program."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.lenet.fused import groups_of
+    from lenet.run.fused_life import fused_key
+    from lenet.run.preflight import task_config
+
+    keys = [fused_key(OmegaConf.to_container(task_config(c), resolve=True, enum_to_str=True)) for c in configs]
+    groups = groups_of(keys, group_size=64)
+    shown = " | ".join(",".join(f"#{first + i}" for i in g) for g in groups)
+    return f"with hydra/launcher=fused: {len(groups)} programs ({shown})"

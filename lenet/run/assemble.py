@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +82,9 @@ def assemble(
     The loggers are started into ``tracking``, which finishes them however the run ends.
     """
     device = resolve_device(cfg.device.name)
-    torch.manual_seed(cfg.seed)  # the model's initial weights
-    model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
+    with _global_rng:  # the model's initial weights, drawn from the global generator seeded for this run alone
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
     model = model.to(device)
     if cfg.trainer.channels_last:  # NHWC: faster convolution and pooling kernels on the CPU
         model = model.to(memory_format=torch.channels_last)
@@ -100,22 +103,10 @@ def assemble(
             "model": model,
         },
     )
-    _freeze_imports()
-    data = cfg.data
-    train, test = load_dataset(
-        data.name,
-        resolve_path(data.root, job.cwd),
-        data.download,
-        data.resize.value,
-        data.mean,
-        data.std,
-        device,
-        synthetic_sizes=(data.train_size, data.test_size),
-        size=data.size,
-        num_classes=data.num_classes,
-        loader=data.loader,
-    )
-    steps_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
+    settings = assemble_data(cfg, job, metrics)
+    if cfg.trainer.compile:
+        settings.forward = torch.compile(model)
+    steps_per_epoch = math.ceil(len(settings.train) / cfg.trainer.batch_size)
     row_keys = METRIC_KEYS + [metric_key(name) for name in metrics if metric_key(name) not in METRIC_KEYS]
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, row_keys)
     state = TrainState(
@@ -129,7 +120,14 @@ def assemble(
         config=config_record,
         row_keys=row_keys + callbacks.row_keys(),
     )
-    settings = FitSettings(
+    return state, settings
+
+
+def assemble_data(cfg: Config, job: JobInfo, metrics: dict) -> FitSettings:
+    """The loop's settings for ``cfg``: its data, read and preprocessed onto the device once, and the trainer's."""
+    _freeze_imports()
+    train, test = _dataset(cfg.data, resolve_path(cfg.data.root, job.cwd), resolve_device(cfg.device.name))
+    return FitSettings(
         train=train,
         test=test,
         epochs=cfg.trainer.epochs,
@@ -138,6 +136,35 @@ def assemble(
         bf16=cfg.trainer.precision == Precision.bf16,
         augment=build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort)),
         metrics=metrics,
-        forward=torch.compile(model) if cfg.trainer.compile else None,
     )
-    return state, settings
+
+
+_global_rng = threading.Lock()  # runs on threads of one process (lenet.run.fused_life) seed and draw it one at a time
+_datasets: dict[str, tuple] = {}  # the data this process loaded, by what decides its tensors: loaded once
+_datasets_lock = threading.Lock()
+
+
+def _dataset(data: Any, root: Path, device: torch.device) -> tuple:
+    """The train and test splits of ``data``, read and preprocessed once per process (the jobs only read them)."""
+    key = json.dumps(
+        [dataclasses.asdict(data) | {"augment": None, "distort": None}, str(root.resolve()), str(device)],
+        sort_keys=True,
+        default=str,
+    )
+    with _datasets_lock:
+        if key not in _datasets:
+            _datasets.clear()  # one dataset at a time: a sweep over datasets does not pile them up in memory
+            _datasets[key] = load_dataset(
+                data.name,
+                root,
+                data.download,
+                data.resize.value,
+                data.mean,
+                data.std,
+                device,
+                synthetic_sizes=(data.train_size, data.test_size),
+                size=data.size,
+                num_classes=data.num_classes,
+                loader=data.loader,
+            )
+        return _datasets[key]

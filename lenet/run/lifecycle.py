@@ -44,11 +44,12 @@ from lenet.train.state import TrainState
 log = logging.getLogger(__name__)
 
 
-def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome:
+def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any], logger: Any = None) -> Outcome:
     """Train and evaluate as ``cfg`` says, recording into ``job.run_dir``; how it ended.
 
     The summary and the loggers are finished also when training fails or is interrupted; the
     exception is then raised again for the caller to report (a pruned run returns, status pruned).
+    ``logger`` is where the run's lines go (by default the process's log: console and train.log).
     """
     resume = cfg.trainer.resume or job_context().requeueable  # a requeued job continues where it stopped
     kept = _kept_if_completed(cfg, job, config_record) if resume else None
@@ -57,7 +58,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any]) -> Outcome
     started, first_in_process = time.perf_counter(), _first_job_of_process()
     summary = new_summary(cfg, job)
     remove_stale_temporaries(job.run_dir)
-    tracking = Tracking(job.run_dir, cfg.trainer.epochs, weights_file(job.run_dir, cfg.data.name))
+    tracking = Tracking(job.run_dir, cfg.trainer.epochs, weights_file(job.run_dir, cfg.data.name), logger=logger)
     run: Optional[TrainState] = None
     checkpointing: Optional[Checkpointing] = None
     exit_code, keep_summary, wall_before = 1, False, 0.0

@@ -38,9 +38,12 @@ def weights_file(run_dir: Path, dataset: str) -> Path:
 class Tracking(Callback):
     """Records one run: each epoch in metrics.jsonl and the loggers, the final weights, and the summary at the end."""
 
-    def __init__(self, run_dir: Path, epochs: int, weights: Path, loggers: Optional[Loggers] = None):
+    def __init__(
+        self, run_dir: Path, epochs: int, weights: Path, loggers: Optional[Loggers] = None, logger: Any = None
+    ):
         self.run_dir, self.epochs, self.weights = run_dir, epochs, weights
         self.loggers = loggers or Loggers()
+        self.log = logger or log  # where its lines go: the run's console and train.log
 
     def on_fit_start(self, run: TrainState) -> None:
         self._write_metrics(run.history)  # a resumed run drops epochs logged after its checkpoint was written
@@ -49,7 +52,7 @@ class Tracking(Callback):
     def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
         self._write_metrics(run.history)
         self.loggers.log_row(row, step=row["epoch"])
-        log.info(
+        self.log.info(
             "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
             row["epoch"],
             self.epochs,
@@ -68,7 +71,7 @@ class Tracking(Callback):
         of = "" if run.eval_weights == "model" else f" of the {run.eval_weights} weights"
         early = f"; stopped early: {run.stop_reason}" if run.stop_reason and run.epoch < self.epochs else ""
         threads = f"; {summary['num_threads']} CPU threads" if summary.get("device") == "cpu" else ""
-        log.info(
+        self.log.info(
             "done: final test accuracy%s %.2f%% (best %.2f%% in epoch %d)%s%s; run dir %s; weights %s",
             of,
             100 * run.history[-1]["test_acc"],

@@ -1,0 +1,231 @@
+"""hydra/launcher=fused: a sweep's jobs trained together, each still exactly a run of its own."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import (
+    REAL_DATA,
+    REPO,
+    job_summaries,
+    read_json,
+    read_jsonl,
+    run_train,
+    wait_for_first_epoch,
+    without_time,
+)
+
+from hydra_plugins.lenet.fused import groups_of
+from lenet.core.data import Split
+from lenet.core.metrics import build_metrics
+from lenet.core.models import create_model
+from lenet.core.optim import Scheduler
+from lenet.core.schedules import onecycle
+from lenet.run.fused_life import fused_key
+from lenet.train.callbacks import Callbacks
+from lenet.train.fused import FusedGroup, MemberState, fit_fused, fused_train_epoch
+from lenet.train.loop import FitSettings, train_epoch
+from lenet.train.state import TrainState
+
+TINY = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=512",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+    "trainer.epochs=2",
+]
+LRS = (0.05, 0.1, 0.02)
+
+
+def models(dtype=torch.float64):
+    built = []
+    for seed in range(len(LRS)):
+        torch.manual_seed(seed)
+        built.append(create_model("lenet5").to(dtype))
+    return built
+
+
+def data(dtype=torch.float64, n=192):
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randn(n, 1, 32, 32, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_in_a_fused_group_each_models_gradients_and_updates_are_its_own_alone(monkeypatch):
+    settings = FitSettings(train=data(), test=data(), epochs=1, batch_size=64)
+    fused_models = models()
+    params = [{n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()} for m in fused_models]
+    optimizer = torch.optim.SGD(
+        [{"params": list(p.values()), "lr": lr} for p, lr in zip(params, LRS)], momentum=0.9, weight_decay=5e-4
+    )
+    group = FusedGroup(fused_models[0], [], optimizer, Scheduler(onecycle(optimizer, 30), "step"), F.cross_entropy)
+    for i, p in enumerate(params):
+        group.members.append(MemberState(group, i, p, torch.Generator().manual_seed(i), torch.get_rng_state()))
+    grads = []
+    monkeypatch.setattr(torch.optim.SGD, "step", _recording(torch.optim.SGD.step, grads))
+    fused_train_epoch(group, settings, Callbacks())
+    fused_grads, grads[:] = list(grads), []
+    for i, (model, lr) in enumerate(zip(models(), LRS)):  # each alone, from the same start, in its own order
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        alone = TrainState(
+            model, opt, Scheduler(onecycle(opt, 30), "step"), F.cross_entropy, torch.Generator().manual_seed(i)
+        )
+        train_epoch(alone, settings, Callbacks())
+        for step, (fused, own) in enumerate(zip(fused_grads, grads)):
+            for name, g in own[0].items():
+                torch.testing.assert_close(fused[i][name], g, rtol=0, atol=1e-9)  # the same gradients, step by step
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(group.members[i].params[name].detach(), p.detach(), rtol=0, atol=1e-9)
+        grads[:] = []
+
+
+def _recording(step, grads):
+    def recorded(self, closure=None):
+        loss = closure()
+        grads.append(
+            [{n: p.grad.clone() for n, p in zip(_names(len(g["params"])), g["params"])} for g in self.param_groups]
+        )
+        return step(self, lambda: loss)
+
+    return recorded
+
+
+def _names(count):
+    return [n for n, _ in create_model("lenet5").named_parameters()][:count]
+
+
+def test_a_diverging_member_leaves_the_group_and_the_others_go_on():
+    fused_models = models(torch.float32)
+    params = [{n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()} for m in fused_models]
+    optimizer = torch.optim.SGD([{"params": list(p.values()), "lr": lr} for p, lr in zip(params, (0.05, 1e9, 0.05))])
+    group = FusedGroup(fused_models[0], [], optimizer, Scheduler(onecycle(optimizer, 30), "step"), F.cross_entropy)
+    for i, p in enumerate(params):
+        group.members.append(MemberState(group, i, p, torch.Generator().manual_seed(i), torch.get_rng_state()))
+    settings = FitSettings(
+        train=data(torch.float32), test=data(torch.float32), epochs=3, batch_size=64, metrics=build_metrics([])
+    )
+    diverged = []
+    fit_fused(
+        group, settings, Callbacks(), {i: Callbacks() for i in range(3)}, lambda m, e: diverged.append((m.index, e))
+    )
+    assert [i for i, _ in diverged] == [1] and "the loss became" in str(diverged[0][1])
+    assert [m.epoch for m in group.members] == [3, 0, 3]
+
+
+def test_jobs_share_a_program_only_where_they_differ_in_seed_and_optimizer_settings():
+    base = {
+        "seed": 0,
+        "optimizer": {"lr": 0.1, "momentum": 0.9},
+        "model": {"name": "lenet5"},
+        "trainer": {},
+        "scheduler": {},
+        "logger": {},
+        "callbacks": {},
+        "data": {"root": "a"},
+    }
+    other_seed = {**base, "seed": 3, "optimizer": {"lr": 0.5, "momentum": 0.8}, "data": {"root": "b"}}
+    other_model = {**base, "model": {"name": "lenet5_classic"}}
+    assert fused_key(base) == fused_key(other_seed) != fused_key(other_model)
+    assert fused_key({**base, "callbacks": {"ema": {}}}) is None  # a loop of its own
+    assert groups_of(["a", "b", "a", None, "a"], group_size=2) == [[0, 2], [1], [3], [4]]
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_writes_every_job_as_a_run_alone_and_a_diverging_job_fails_alone(tmp_path):
+    fused = run_train(
+        "-m", "hydra/launcher=fused", "seed=0,1", "optimizer.lr=0.05,1e9", *TINY, "hydra.sweep.dir=fused", cwd=tmp_path
+    )
+    assert fused.returncode == 1 and "2 of 4 jobs did not complete" in fused.stderr, fused.stderr
+    assert "Launching 4 jobs as 1 programs" in fused.stdout + fused.stderr
+    alone = run_train(
+        "-m", "seed=0,1", "optimizer.lr=0.05", *TINY, "device.num_threads=1", "hydra.sweep.dir=alone", cwd=tmp_path
+    )
+    assert alone.returncode == 0, alone.stderr
+    summaries = job_summaries(tmp_path / "fused")
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed", "failed"]
+    assert "the loss became nan" in summaries[1]["error"]
+    for fused_job, alone_job in (("0", "0"), ("2", "1")):  # each one exactly its own run's rows and weights
+        assert without_time(read_jsonl(tmp_path / "fused" / fused_job / "metrics.jsonl")) == without_time(
+            read_jsonl(tmp_path / "alone" / alone_job / "metrics.jsonl")
+        )
+        for name in (".hydra/config.yaml", "checkpoint.pt", "lenet_synthetic.pth", "train.log"):
+            assert (tmp_path / "fused" / fused_job / name).is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_fused_group_and_resuming_ends_bit_for_bit(tmp_path):
+    args = ["-m", "hydra/launcher=fused", "seed=0,1,2", *TINY, "data.train_size=3000", "trainer.epochs=3"]
+    full = run_train(*args, "hydra.sweep.dir=full", cwd=tmp_path, timeout=300)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args, "hydra.sweep.dir=part"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_first_epoch(tmp_path / "part" / "0" / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert {s["status"] for s in job_summaries(tmp_path / "part")} == {"interrupted"}
+    metrics = [tmp_path / "part" / str(n) / "metrics.jsonl" for n in range(3)]
+    done = [len(read_jsonl(m)) if m.exists() else 0 for m in metrics]  # a job that had not started has none
+    assert done[0] >= 1
+    resumed = run_train(*args, "hydra.sweep.dir=part", "trainer.resume=true", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    for n in range(3):
+        assert without_time(read_jsonl(tmp_path / "part" / str(n) / "metrics.jsonl")) == without_time(
+            read_jsonl(tmp_path / "full" / str(n) / "metrics.jsonl")
+        )
+        a, b = (
+            torch.load(tmp_path / "part" / str(n) / "lenet_synthetic.pth"),
+            torch.load(tmp_path / "full" / str(n) / "lenet_synthetic.pth"),
+        )
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert read_json(tmp_path / "part" / str(n) / "summary.json")["resumed_from_epoch"] == (done[n] or None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_DATA / "MNIST" / "raw").is_dir(), reason="needs the real MNIST copy beside the repo")
+def test_fused_and_separate_runs_of_seeds_0_to_3_agree_on_mnist(tmp_path):
+    common = ["seed=0,1,2,3", f"data.root={REAL_DATA}", "logger=none", "trainer.epochs=2"]
+    fused = run_train("-m", "hydra/launcher=fused", *common, "hydra.sweep.dir=fused", cwd=tmp_path, timeout=900)
+    alone = run_train(
+        "-m",
+        "hydra/launcher=processes",
+        "hydra.launcher.n_jobs=2",
+        *common,
+        "hydra.sweep.dir=alone",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert fused.returncode == alone.returncode == 0, fused.stderr + alone.stderr
+    mean = [sum(s["final_test_acc"] for s in job_summaries(tmp_path / d)) / 4 for d in ("fused", "alone")]
+    assert abs(mean[0] - mean[1]) <= 0.0015
+
+
+def test_the_one_program_path_records_every_member_as_a_run_alone(tmp_path):
+    """The GPU's path (one vmapped step for all), run here on the CPU: each member its own folder and outcome."""
+    from conftest import compose_config
+
+    from lenet.run.fused_life import Member, _run_vmapped
+    from lenet.run.job import JobInfo
+
+    members = []
+    for seed, lr in ((0, 0.05), (1, 1e9), (2, 0.1)):
+        cfg, record = compose_config("data.train_size=256", "trainer.epochs=2", f"seed={seed}", f"optimizer.lr={lr}")
+        (tmp_path / str(seed)).mkdir()
+        members.append(Member(cfg, JobInfo(run_dir=tmp_path / str(seed), cwd=tmp_path, label=f"seed={seed}"), record))
+    results = _run_vmapped(members)
+    statuses = [read_json(tmp_path / str(n) / "summary.json")["status"] for n in range(3)]
+    assert statuses == ["completed", "failed", "completed"] and "the loss became" in str(results[1])
+    for n in (0, 2):
+        assert len(read_jsonl(tmp_path / str(n) / "metrics.jsonl")) == 2 and results[n].status.value == "completed"
+        state = torch.load(tmp_path / str(n) / "checkpoint.pt", weights_only=True)
+        assert len(state["optimizer"]["param_groups"]) == 1 and len(state["scheduler"]["base_lrs"]) == 1
+        create_model("lenet5").load_state_dict(torch.load(tmp_path / str(n) / "lenet_synthetic.pth"))

@@ -21,7 +21,7 @@ from lenet.core.errors import UserError
 from lenet.core.losses import build_loss
 from lenet.core.metrics import build_metrics
 from lenet.run.tracking import write_atomic
-from lenet.tools.inference import Run, load_run
+from lenet.tools.inference import Run, add_loading_arguments, load_run
 from lenet.train.loop import evaluate as evaluate_model
 
 GRID_COLUMNS = 10
@@ -147,14 +147,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lenet.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run's output dir (outputs/DATE/TIME or multirun/.../N)")
     parser.add_argument("--data-root", type=Path, help="where the dataset is, if not where the run found it")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="build the run's components from MODULE too (your own code; repeat for several)",
-    )
+    add_loading_arguments(parser)
     args = parser.parse_args(argv)
     try:
         report = evaluate_run(load_run(args.run_dir, args.device, trust=args.trust), args.data_root)

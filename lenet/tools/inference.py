@@ -136,6 +136,18 @@ def _safe(target: str) -> bool:
     return is_module or _within(target, ("lenet.core.models", "lenet.core.losses"))
 
 
+def add_loading_arguments(parser: Any) -> None:
+    """The command-line options of a tool that loads a run: ``--device`` and ``--trust``."""
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="build the run's components from MODULE too (your own code; repeat for several)",
+    )
+
+
 def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str] = ()) -> Run:
     """Rebuild the model of ``run_dir`` from its config and load its final weights.
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 from lenet.core.errors import UserError
 from lenet.tools.images import NoStrokes
-from lenet.tools.inference import load_run
+from lenet.tools.inference import add_loading_arguments, load_run
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -21,14 +21,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lenet.predict", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run's output dir, whose config and weights are used")
     parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="build the run's components from MODULE too (your own code; repeat for several)",
-    )
+    add_loading_arguments(parser)
     args = parser.parse_args(argv)
     try:
         run = load_run(args.run_dir, args.device, trust=args.trust)

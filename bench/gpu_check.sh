@@ -18,12 +18,15 @@ check() {  # check NAME COMMAND...: one line, PASS or FAIL, and the command's la
 }
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
 
-# 1. the cuda-marked tests: bf16, torch.compile against eager, a fused group's step
+# 1. the cuda-marked tests: bf16, torch.compile against eager, the captured step (SGD, Adam, a model that
+#    cannot be captured), a fused group's step
 check cuda-tests python -m pytest -q -m cuda tests/test_cuda.py
 
-# 2. the default recipe, eager: seconds per epoch and time to 99% (the goal: <= 0.3 s per epoch at batch 128)
+# 2. the default recipe: seconds per epoch and time to 99% with its step captured (trainer.cuda_graphs=auto,
+#    the default) and eager (the goal: <= 0.3 s per epoch at batch 128)
 reach() { python -m lenet.bench reach --train train.py --target 0.99 --override device=cuda --override "data.root=$root" "$@"; }
 check default reach
+check eager reach --override trainer.cuda_graphs=false
 check bf16 reach --override trainer.precision=bf16
 
 # 3. torch.compile, compiled once per run: per epoch against eager (the goal: >= 1.2x faster)

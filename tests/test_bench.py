@@ -107,5 +107,6 @@ def test_time_to_accuracy_counts_from_process_start_to_the_first_epoch_at_the_ta
         json.dumps({"status": "completed", "startup_seconds": 3.0, "final_test_acc": 0.995})
     )
     report = time_to_accuracy(tmp_path, 0.99)
-    assert report["reached"] == {"epoch": 2, "seconds": 7.0} and report["final_test_acc"] == 0.995
+    assert report["reached"] == {"epoch": 2, "seconds": 7.0, "training_seconds": 4.0}
+    assert report["final_test_acc"] == 0.995
     assert time_to_accuracy(tmp_path, 0.999)["reached"] is None

@@ -21,6 +21,50 @@ def test_torch_compile_on_cuda_matches_eager(tmp_path):
     eager, _ = run_in_process(tmp_path, "eager", *args)
     compiled, _ = run_in_process(tmp_path, "compiled", *args, "trainer.compile=true")
     assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-2)
+    assert compiled["compile_seconds"] > 0 and compiled["cuda_graphs"] is False
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_captured_step_on_cuda_trains_as_the_eager_one(tmp_path, optimizer):
+    # 2000 = 15 x 128 + 80: every epoch ends with a smaller batch, run eagerly beside the graph
+    args = ("device=cuda", "data.train_size=2000", "trainer.epochs=2", f"optimizer={optimizer}")
+    eager, _ = run_in_process(tmp_path, f"eager-{optimizer}", *args, "trainer.cuda_graphs=false")
+    graphed, _ = run_in_process(tmp_path, f"graphed-{optimizer}", *args, "trainer.cuda_graphs=true")
+    assert graphed["cuda_graphs"] is True and eager["cuda_graphs"] is False
+    assert graphed["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
+    assert graphed["final_test_acc"] == pytest.approx(eager["final_test_acc"], abs=0.005)
+
+
+def test_a_model_that_syncs_in_its_forward_trains_eagerly_under_auto():
+    from lenet.core.data import Split
+    from lenet.core.metrics import build_metrics
+    from lenet.core.models import create_model
+    from lenet.core.optim import Scheduler, build_optimizer
+    from lenet.core.schedules import constant
+    from lenet.train.callbacks import Callbacks
+    from lenet.train.loop import FitSettings, fit
+    from lenet.train.state import TrainState
+
+    class Syncing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = create_model("lenet5")
+
+        def forward(self, x):
+            if x.abs().max().item() > 1e9:  # a host sync: no graph can hold it
+                raise AssertionError
+            return self.net(x)
+
+    model = Syncing().cuda()
+    opt = build_optimizer(model, {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05}, torch.device("cuda"))
+    run = TrainState(model, opt, Scheduler(constant(opt), "epoch"), F.cross_entropy, torch.Generator())
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(640, 1, 32, 32, generator=g).cuda(), torch.randint(0, 10, (640,), generator=g).cuda())
+    settings = FitSettings(train=split, test=split, epochs=2, batch_size=64, metrics=build_metrics([]))
+    settings.cuda_graphs = "auto"
+    fit(run, settings, Callbacks())
+    assert run.epoch == 2 and run.notes["cuda_graphs"] is False
+    assert run.notes["cuda_graphs_off"].startswith("capturing the step failed")
 
 
 def test_a_fused_group_on_cuda_gives_each_model_its_own_gradients():

@@ -131,6 +131,8 @@ def test_jobs_share_a_program_only_where_they_differ_in_seed_and_optimizer_setti
     other_model = {**base, "model": {"name": "lenet5_classic"}}
     assert fused_key(base) == fused_key(other_seed) != fused_key(other_model)
     assert fused_key({**base, "callbacks": {"ema": {}}}) is None  # a loop of its own
+    assert fused_key({**base, "trainer": {"cuda_graphs": True}}) is None  # its own captured step
+    assert fused_key({**base, "trainer": {"cuda_graphs": "auto"}}) is not None  # the default fuses
     assert groups_of(["a", "b", "a", None, "a"], group_size=2) == [[0, 2], [1], [3], [4]]
 
 

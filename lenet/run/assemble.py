@@ -30,6 +30,7 @@ from lenet.run.job import JobInfo
 from lenet.run.loggers import build_loggers
 from lenet.run.tracking import Tracking
 from lenet.train.callbacks import build_callbacks
+from lenet.train.compiled import compile_model
 from lenet.train.loop import FitSettings
 from lenet.train.state import TrainState
 
@@ -105,7 +106,7 @@ def assemble(
     )
     settings = assemble_data(cfg, job, metrics)
     if cfg.trainer.compile:
-        settings.forward = torch.compile(model)
+        settings.forward = compile_model(model)
     steps_per_epoch = math.ceil(len(settings.train) / cfg.trainer.batch_size)
     row_keys = METRIC_KEYS + [metric_key(name) for name in metrics if metric_key(name) not in METRIC_KEYS]
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch, row_keys)
@@ -136,6 +137,7 @@ def assemble_data(cfg: Config, job: JobInfo, metrics: dict) -> FitSettings:
         bf16=cfg.trainer.precision == Precision.bf16,
         augment=build_augmentation(cfg.data.augment.value, dataclasses.asdict(cfg.data.distort)),
         metrics=metrics,
+        cuda_graphs=str(cfg.trainer.cuda_graphs).lower(),  # YAML reads true and false as booleans
     )
 
 

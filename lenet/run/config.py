@@ -102,6 +102,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     precision: Precision = Precision.fp32
     compile: bool = False  # torch.compile the model
+    cuda_graphs: Any = "auto"  # auto | true | false: capture the training step as a CUDA graph (CUDA only)
     channels_last: bool = True  # NHWC memory format for the model's activations
     resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
     progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal
@@ -183,6 +184,20 @@ def validate(cfg: Config) -> None:
     )
     _require(
         cfg.data.test_size <= limit, "data.test_size", f"<= {limit} (generated images, in memory)", cfg.data.test_size
+    )
+    graphs = trainer.cuda_graphs
+    _require(graphs in ("auto", True, False), "trainer.cuda_graphs", "auto, true or false", graphs)
+    _require(
+        graphs is not True or cfg.device.name in ("cuda", "auto"),
+        "trainer.cuda_graphs",
+        "auto or false on a device other than cuda",
+        graphs,
+    )
+    _require(
+        not (graphs is True and trainer.compile),
+        "trainer.cuda_graphs",
+        "auto or false with trainer.compile=true",
+        graphs,
     )
     _require(0 <= cfg.seed < 2**63, "seed", "an integer from 0 to 2^63 - 1", cfg.seed)
     threads, most = cfg.device.num_threads, 4 * (os.cpu_count() or 1)

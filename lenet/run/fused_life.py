@@ -1,8 +1,8 @@
 """The life of a fused group: jobs of one sweep that differ only in their seed and optimizer settings, trained as one.
 
 Which jobs can share a program (``fused_key``): the same config but for ``seed`` and the optimizer's scalar
-settings, and nothing that ties a run to its own loop (callbacks, a monitored schedule, torch.compile, a
-model's own parameter groups). ``run_group`` assembles them (the data once, each model from its own seed),
+settings, and nothing that ties a run to its own loop (callbacks, a monitored schedule, torch.compile,
+trainer.cuda_graphs=true, a model's own parameter groups). ``run_group`` assembles them (the data once, each model from its own seed),
 trains them with ``lenet.train.fused``, and records every job in its own folder exactly as a run alone
 records itself: metrics.jsonl, summary.json, checkpoint, weights and loggers.
 """
@@ -72,6 +72,8 @@ def fused_key(record: dict[str, Any]) -> Optional[str]:
     """What a job shares with the jobs it can train with, as a string; None for a job that trains alone."""
     trainer, scheduler = record.get("trainer", {}), record.get("scheduler", {})
     if record.get("callbacks") or trainer.get("compile") or scheduler.get("monitor"):
+        return None
+    if trainer.get("cuda_graphs") is True:  # asked for its own captured step: a group has one step for all
         return None
     shared = json.loads(json.dumps(record))
     for key in (*MEMBER_KEYS, *RESUME_IGNORES):

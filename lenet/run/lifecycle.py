@@ -191,6 +191,9 @@ def new_summary(cfg: Config, job: JobInfo) -> dict[str, Any]:
         "dataset": cfg.data.name,
         "seed": cfg.seed,
         "device": None,
+        "cuda_graphs": None,  # on CUDA: whether full batches were replayed as one captured step
+        "cuda_graphs_off": None,  # and if not, why
+        "compile_seconds": None,  # with trainer.compile=true: compiling before the first step
         "num_threads": None,
         "num_threads_probe": None,
         "weights": None,
@@ -221,6 +224,7 @@ def fill_results(summary: dict[str, Any], run: Optional[TrainState], epochs: int
         seconds_per_epoch=sum(r["seconds"] for r in history) / len(history),
         stopped_early=run.stop_reason if run.epoch < summary["epochs"] else None,
         eval_weights=run.eval_weights,
+        **run.notes,
     )
     summary.update({f"final_{key}": value for key, value in history[-1].items() if key not in METRIC_KEYS})
 

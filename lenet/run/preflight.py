@@ -11,6 +11,7 @@ import math
 
 from omegaconf import DictConfig, open_dict
 
+from lenet.core.errors import ConfigError
 from lenet.run.config import Config, to_typed
 
 KNOWN_TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "kmnist": 60_000}  # for the schedule's length
@@ -36,7 +37,8 @@ def preflight(config: DictConfig) -> Config:
     from lenet.train.callbacks import build_callbacks
 
     cfg = to_typed(task_config(config))
-    resolve_device(cfg.device.name)
+    if resolve_device(cfg.device.name).type != "cuda" and cfg.trainer.cuda_graphs is True:
+        raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device; device={cfg.device.name} found none here")
     model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
     optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
     build_loss(cfg.loss)

@@ -137,16 +137,17 @@ def bench_process(
 def time_to_accuracy(run_dir: Path, target: float) -> dict[str, Any]:
     """From a finished run's files: the first epoch at ``target`` test accuracy and the seconds to its end.
 
-    Seconds count from the process's start: its start-up to the first step, then each epoch's
-    training and evaluation (checkpoint writes between epochs, a few ms, are left out).
+    ``seconds`` count from the process's start: its start-up to the first step, then each epoch's
+    training and evaluation (checkpoint writes between epochs, a few ms, are left out);
+    ``training_seconds`` only the epochs'.
     """
     summary, rows = read_summary(run_dir) or {}, read_metrics(run_dir)
-    elapsed = summary.get("startup_seconds") or summary.get("setup_seconds") or 0.0
-    reached = None
+    startup = summary.get("startup_seconds") or summary.get("setup_seconds") or 0.0
+    training, reached = 0.0, None
     for row in rows:
-        elapsed += row["seconds"]
+        training += row["seconds"]
         if row["test_acc"] >= target:
-            reached = {"epoch": row["epoch"], "seconds": elapsed}
+            reached = {"epoch": row["epoch"], "seconds": startup + training, "training_seconds": training}
             break
     return {
         "target": target,
@@ -155,6 +156,9 @@ def time_to_accuracy(run_dir: Path, target: float) -> dict[str, Any]:
         "epochs": len(rows),
         "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "startup_seconds": summary.get("startup_seconds"),
+        "cuda_graphs": summary.get("cuda_graphs"),
+        "cuda_graphs_off": summary.get("cuda_graphs_off"),
+        "compile_seconds": summary.get("compile_seconds"),
     }
 
 

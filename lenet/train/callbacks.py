@@ -5,7 +5,9 @@ doing nothing, for those who like a base class):
 
 - ``on_fit_start(run)``: before the first step (also of a resumed run, after its state is restored);
 - ``on_epoch_start(run)``: before each epoch's first step;
-- ``on_before_optimizer_step(run)``: the gradients are ready (clip or inspect them here);
+- ``on_before_optimizer_step(run)``: the gradients are ready (clip or inspect them here). On CUDA it is
+  captured with the step as a graph (``trainer.cuda_graphs``) when the callback says ``graph_safe = True``:
+  tensor work only, no ``.item()``; without it the step runs eagerly;
 - ``on_step_end(run, loss)``: after each optimizer step; ``loss`` is the step's loss as a tensor on the
   device (reading it with ``.item()`` costs a host sync);
 - ``on_epoch_end(run, row)``: the epoch is evaluated; ``row`` is its metrics.jsonl row, to which the
@@ -51,7 +53,8 @@ class Callback:
         """After the last epoch of a run that completed."""
 
 
-def _implements(callback: Any, hook: str) -> bool:
+def implements(callback: Any, hook: str) -> bool:
+    """Whether ``callback`` has its own ``hook`` (not the do-nothing one of ``Callback``)."""
     method = getattr(callback, hook, None)
     if not callable(method):
         return False
@@ -65,7 +68,7 @@ class Callbacks(Mapping[str, Any]):
     def __init__(self, callbacks: Mapping[str, Any] | None = None):
         self._callbacks = dict(callbacks or {})
         self._hooks = {
-            hook: [getattr(cb, hook) for cb in self._callbacks.values() if _implements(cb, hook)] for hook in HOOKS
+            hook: [getattr(cb, hook) for cb in self._callbacks.values() if implements(cb, hook)] for hook in HOOKS
         }
 
     def __getitem__(self, name: str) -> Any:

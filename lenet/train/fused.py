@@ -51,6 +51,7 @@ class MemberState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: Optional[str] = None
     eval_weights: str = "model"
+    notes: dict[str, Any] = field(default_factory=dict)  # how the loop ran, for the summary (TrainState.notes)
     alive: bool = True
 
     @property

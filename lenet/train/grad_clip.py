@@ -13,6 +13,8 @@ from lenet.train.callbacks import Callback
 class GradClip(Callback):
     """Scale the gradients so that their total ``norm_type`` norm is at most ``max_norm``."""
 
+    graph_safe = True  # tensor work only: a captured step (trainer.cuda_graphs) may include it
+
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):
         if not (math.isfinite(max_norm) and max_norm > 0):
             raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")

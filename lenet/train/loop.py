@@ -20,6 +20,8 @@ from lenet.core.data import Split
 from lenet.core.errors import DivergedError
 from lenet.core.metrics import Metric, compute
 from lenet.train.callbacks import Callbacks
+from lenet.train.compiled import precompile
+from lenet.train.graphed_step import Capture, CudaGraph, GraphedStep, use_graphs, why_not_graphed
 from lenet.train.state import TrainState
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -38,6 +40,8 @@ class FitSettings:
     augment: Optional[Augmentation] = None  # of each training batch, with the run's generator
     metrics: Optional[dict[str, Metric]] = None  # test_acc and these, per epoch
     forward: Optional[nn.Module] = None  # the model as called in training (torch.compile'd); None: run.model
+    cuda_graphs: str = "false"  # auto | true | false: capture the step of full batches (lenet.train.graphed_step)
+    capture: Optional[Callable[[], Capture]] = None  # how a step is captured; None: a CUDA graph
 
 
 def fit(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> TrainState:
@@ -46,10 +50,21 @@ def fit(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> TrainSt
     A NaN or infinite loss raises DivergedError before the epoch is recorded.
     """
     callbacks.on_fit_start(run)
+    if settings.forward is not None:
+        run.notes["compile_seconds"] = precompile(
+            settings.forward,
+            run.model,
+            run.loss_fn,
+            settings.train,
+            settings.test,
+            (settings.batch_size, settings.eval_batch_size),
+            lambda: autocast(settings.train.images.device, settings.bf16),
+        )
+    graphed = graphed_step(run, settings, callbacks)
     while run.epoch < settings.epochs and run.stop_reason is None:
         callbacks.on_epoch_start(run)
         started, lr = time.perf_counter(), run.lr  # the lr of the epoch's first step
-        train_loss = train_epoch(run, settings, callbacks)
+        train_loss = train_epoch(run, settings, callbacks, graphed)
         evaluation = evaluate(
             _model_to_evaluate(run, settings),
             run.loss_fn,
@@ -57,6 +72,7 @@ def fit(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> TrainSt
             settings.eval_batch_size,
             settings.bf16,
             settings.metrics,
+            eager=run.eval_model,
         )
         if not (math.isfinite(train_loss) and math.isfinite(evaluation["test_loss"])):
             bad = train_loss if not math.isfinite(train_loss) else evaluation["test_loss"]
@@ -77,16 +93,16 @@ def fit(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> TrainSt
     return run
 
 
-def train_epoch(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> float:
+def train_epoch(
+    run: TrainState, settings: FitSettings, callbacks: Callbacks, graphed: Optional[GraphedStep] = None
+) -> float:
     """One pass over the training set in an order drawn from the run's generator; the mean loss.
 
-    Each step goes through a closure, so optimizers that evaluate the loss several times per step
-    (LBFGS) work as well; a per-step scheduler steps after every optimizer step.
+    Full batches go through ``graphed`` when given (a captured step), the rest through ``train_step``;
+    a per-step scheduler steps after every optimizer step.
     """
-    model = run.model
-    forward = settings.forward if settings.forward is not None else model
     images, labels = settings.train.images, settings.train.labels
-    model.train()
+    run.model.train()
     n = len(labels)
     order = torch.randperm(n, generator=run.generator).to(images.device)
     loss_sum = torch.zeros((), device=images.device)
@@ -95,21 +111,55 @@ def train_epoch(run: TrainState, settings: FitSettings, callbacks: Callbacks) ->
         x, y = images.index_select(0, index), labels.index_select(0, index)  # faster than images[index]
         if settings.augment is not None:
             x = settings.augment(x, run.generator)
-
-        def closure() -> torch.Tensor:
-            run.optimizer.zero_grad()
-            with autocast(images.device, settings.bf16):
-                loss = run.loss_fn(forward(x), y)
-            loss.backward()
-            callbacks.on_before_optimizer_step(run)
-            return loss
-
-        loss = run.optimizer.step(closure)
+        if graphed is not None and len(index) == settings.batch_size:
+            loss = graphed(x, y)
+        else:
+            loss = train_step(run, settings, callbacks, x, y)
         run.scheduler.step_batch()
         run.step += 1
-        loss_sum += loss.detach().float() * len(index)
+        loss_sum += loss.float() * len(index)
         callbacks.on_step_end(run, loss)
     return loss_sum.item() / n
+
+
+def train_step(
+    run: TrainState, settings: FitSettings, callbacks: Callbacks, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """One optimizer step on the batch ``(x, y)``; its loss, detached, on the device.
+
+    The loss goes through a closure, so optimizers that evaluate it several times per step (LBFGS)
+    work as well. The same code is what a CUDA graph captures. A compiled model takes full batches only
+    (lenet.train.compiled): a smaller last batch goes through the model itself.
+    """
+    compiled = settings.forward is not None and len(x) == settings.batch_size
+    forward = settings.forward if compiled else run.model
+
+    def closure() -> torch.Tensor:
+        run.optimizer.zero_grad()
+        with autocast(x.device, settings.bf16):
+            loss = run.loss_fn(forward(x), y)
+        loss.backward()
+        callbacks.on_before_optimizer_step(run)
+        return loss
+
+    return run.optimizer.step(closure).detach()
+
+
+def graphed_step(run: TrainState, settings: FitSettings, callbacks: Callbacks) -> Optional[GraphedStep]:
+    """The captured step ``settings.cuda_graphs`` asks for and this run allows, or None (one log line says why)."""
+    device = settings.train.images.device
+    if settings.capture is not None:  # a stand-in capture runs on any device
+        device = torch.device("cuda")
+    reason = why_not_graphed(device, run.optimizer, callbacks, settings.forward is not None)
+    used = use_graphs(settings.cuda_graphs, reason)
+    if device.type == "cuda":
+        run.notes.update(cuda_graphs=used, cuda_graphs_off=None if used else reason or "trainer.cuda_graphs=false")
+    if not used:
+        return None
+    capture = settings.capture() if settings.capture is not None else CudaGraph()
+    return GraphedStep(
+        run, lambda x, y: train_step(run, settings, callbacks, x, y), capture, strict=settings.cuda_graphs == "true"
+    )
 
 
 def _model_to_evaluate(run: TrainState, settings: FitSettings) -> nn.Module:
@@ -119,10 +169,13 @@ def _model_to_evaluate(run: TrainState, settings: FitSettings) -> nn.Module:
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on ``device`` when ``bf16``, else a no-op."""
+    """bfloat16 autocast on ``device`` when ``bf16``, else a no-op.
+
+    Its cache of cast weights is off: a forward uses each weight once, and a CUDA graph cannot hold it.
+    """
     if not bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 @torch.no_grad()
@@ -133,16 +186,22 @@ def evaluate(
     batch_size: int,
     bf16: bool = False,
     metrics: Optional[dict[str, Metric]] = None,
+    eager: Optional[nn.Module] = None,
 ) -> dict[str, Any]:
-    """``test_loss`` (the mean loss), ``test_acc`` and every metric's values of ``model`` on ``split``, in order."""
+    """``test_loss`` (the mean loss), ``test_acc`` and every metric's values of ``model`` on ``split``, in order.
+
+    ``eager``, when given, evaluates a last batch smaller than ``batch_size`` (``model`` is then a compiled
+    form of it, which takes one shape).
+    """
     model.eval()
     images, labels = split.images, split.labels
     loss_sum = torch.zeros((), device=images.device)
     scores = []
     for start in range(0, len(labels), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        forward = model if eager is None or len(y) == batch_size else eager
         with autocast(images.device, bf16):
-            logits = model(x)
+            logits = forward(x)
             loss_sum += loss_fn(logits, y).float() * len(y)  # a loss is a mean: any callable (scores, targets)
         scores.append(logits.float())
     all_scores = torch.cat(scores)

@@ -34,6 +34,20 @@ def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state as built from the config: a captured step's tensor lrs and capturable flags undone.
+
+    So that a checkpoint resumes the same on any device, graphs or not (lenet.train.graphed_step).
+    """
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:  # copies of the optimizer's groups
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = group["lr"].item()
+        if "capturable" in group and "capturable" in optimizer.defaults:
+            group["capturable"] = optimizer.defaults["capturable"]
+    return state
+
+
 @dataclass
 class TrainState:
     """The model and recipe a run trains with, its progress, and where it runs.
@@ -57,6 +71,9 @@ class TrainState:
     row_keys: list[str] = field(default_factory=list)  # the keys each epoch's row will hold
     eval_model: Optional[nn.Module] = None
     eval_weights: str = "model"  # what eval_model is, e.g. "ema(decay=0.999)"
+    notes: dict[str, Any] = field(
+        default_factory=dict
+    )  # how the loop ran (cuda_graphs, compile_seconds): for the summary
 
     def __post_init__(self) -> None:
         if self.eval_model is None:
@@ -65,7 +82,7 @@ class TrainState:
     @property
     def lr(self) -> float:
         """The learning rate of the first parameter group, as the next step will use it."""
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])  # a tensor under a captured step
 
     def request_stop(self, reason: str) -> None:
         """End the run after the current epoch, for ``reason`` (the first request is kept)."""
@@ -76,7 +93,7 @@ class TrainState:
         """Everything needed to continue this run exactly: tensors, numbers, strings and containers only."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _plain_optimizer_state(self.optimizer),
             "scheduler": self.scheduler.scheduler.state_dict(),
             "rng": rng_state(self.generator),
             "step": self.step,

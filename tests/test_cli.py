@@ -50,7 +50,8 @@ def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
     model.load_state_dict(state)  # a plain state_dict of the registry's model
     assert "progress" not in result.stderr and "batch/s" not in result.stderr  # no bar when not on a terminal
     acc = 100 * row["test_acc"]
-    done = f"done: final test accuracy {acc:.2f}% (best {acc:.2f}% in epoch 1); run dir {run_dir}"
+    threads = f"{summary['num_threads']} CPU threads"  # results on the CPU depend on it
+    done = f"done: final test accuracy {acc:.2f}% (best {acc:.2f}% in epoch 1); {threads}; run dir {run_dir}"
     assert done in result.stdout + result.stderr  # the run says where it went
     assert f"weights {run_dir / 'lenet_synthetic.pth'}" in result.stdout + result.stderr
 

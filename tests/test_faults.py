@@ -81,20 +81,28 @@ def test_a_sweep_resumed_with_its_keys_in_another_order_finds_every_job_in_its_o
 
 @pytest.mark.slow
 def test_two_processes_never_write_one_run_dir_or_one_sweep_dir(tmp_path):
-    running = popen(*LONG, "hydra.run.dir=run", cwd=tmp_path)
+    running_long = [a.replace("trainer.epochs=3", "trainer.epochs=200") for a in LONG]  # until stopped, at the end
+    running = popen(*running_long, "hydra.run.dir=run", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
-    second = run_train(*LONG, "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path)
+    second = run_train(*running_long, "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path)
     one_line(
         second, f"run is in use by process {running.pid} on ", "wait for it to end, or choose another hydra.run.dir"
     )
-    sweep = popen("-m", "seed=0,1", *LONGER, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = popen("-m", "seed=0,1", *running_long, "hydra.sweep.dir=sweep", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
-    other = run_train("-m", "seed=0,1", *LONGER, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path)
+    other = run_train("-m", "seed=0,1", *running_long, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path)
     one_line(other, f"sweep is in use by process {sweep.pid} on ", "choose another hydra.sweep.dir")
-    into_job = run_train(*LONGER, "hydra.run.dir=sweep/0", "trainer.resume=true", cwd=tmp_path)
+    into_job = run_train(*running_long, "hydra.run.dir=sweep/0", "trainer.resume=true", cwd=tmp_path)
     one_line(into_job, "sweep/0 is in use by process")  # the job's folder is held by the job
-    assert running.wait(timeout=120) == 0 and sweep.wait(timeout=240) == 0
-    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    assert running.poll() is None and sweep.poll() is None, "a holder ended before the checks: nothing was in use"
+    running.send_signal(signal.SIGTERM)
+    sweep.send_signal(signal.SIGTERM)
+    assert running.wait(timeout=120) == sweep.wait(timeout=120) == 128 + signal.SIGTERM
+    for folder in (tmp_path / "run", tmp_path / "sweep" / "0"):  # each written by its own process alone
+        epochs = [r["epoch"] for r in read_jsonl(folder / "metrics.jsonl")]
+        assert (
+            epochs == list(range(1, len(epochs) + 1)) and read_json(folder / "summary.json")["status"] == "interrupted"
+        )
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def test_metrics_reach_metrics_jsonl_the_summary_and_compare(tmp_path):
     summary = read_json(tmp_path / "sweep" / "0" / "summary.json")
     assert summary["final_test_top5"] == rows[-1]["test_top5"] and summary["final_test_acc"] == rows[-1]["test_acc"]
     report = compare(tmp_path / "sweep", metric="test_top5")
-    assert "final test_top5 % (mean ± std)" in report and "Ranked by final test_top5, best first:" in report
+    assert "final test_top5 % (mean ± std)" in report and "Ranked by mean final test_top5, best first:" in report
     by_loss = compare(tmp_path / "sweep", metric="test_loss")
     assert "final test_loss (mean ± std)" in by_loss
     with pytest.raises(SystemExit, match="no epoch of these jobs records 'test_top3'"):

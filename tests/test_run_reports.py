@@ -22,6 +22,7 @@ def test_preview_lists_the_jobs_checks_each_config_and_makes_no_folder(tmp_path)
     lines = result.stdout.splitlines()
     assert lines[0] == "#0: pooling=avg seed=0 +experiment=pooling" and lines[9].startswith("#9: pooling=max seed=4")
     assert lines[-1] == "10 jobs; run them without hydra/launcher=preview" and "Traceback" not in result.stderr
+    assert lines[-2] == "with hydra/launcher=fused: 2 programs (#0,#1,#2,#3,#4 | #5,#6,#7,#8,#9)"
     assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was written
 
     result = run_train("-m", "trainer.epochs=0,1", "hydra/launcher=preview", cwd=tmp_path)

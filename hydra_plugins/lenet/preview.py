@@ -55,8 +55,8 @@ class PreviewLauncher(Launcher):
         if self.invalid:
             print(f"error: {self.invalid} of {len(job_overrides)} jobs have an invalid config", file=sys.stderr)
             raise SystemExit(1)
-        print(f"{len(job_overrides)} jobs; run them without hydra/launcher=preview")
         print(_fused_groups(configs, initial_job_idx))
+        print(f"{len(job_overrides)} jobs; run them without hydra/launcher=preview")
         return []
 
 

@@ -9,6 +9,7 @@ another job.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -144,11 +145,29 @@ def job_label(overrides: list[str], swept: Optional[list[str]]) -> str:
 
 def _short(override: str) -> str:
     key, _, value = override.partition("=")
+    short = short_value(value)
+    if short == value and len(value) > 8 and "." in value:  # a name, not a record: 4 digits are enough
+        try:
+            short = f"{float(value):.4g}"
+        except ValueError:
+            pass
+    return f"{key}={short}"
+
+
+def short_value(value: str) -> str:
+    """A float as briefly as it reads back the same (``1000000000.0`` -> ``1e9``), in at most 4 digits; else as it is.
+
+    Hydra hands a job its swept numbers as Python writes them, not as they were typed.
+    """
     try:
         number = float(value)
     except ValueError:
-        return override
-    return f"{key}={number:.4g}" if len(value) > 8 and "." in value else override
+        return value
+    if not any(c in value for c in ".eE") or not math.isfinite(number):
+        return value
+    mantissa, e, exponent = f"{number:.4g}".partition("e")
+    short = f"{mantissa}e{int(exponent)}" if e else mantissa
+    return short if float(short) == number and len(short) < len(value) else value
 
 
 def override_value(value: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from lenet.run.config import RESUME_IGNORES
 from lenet.run.outcome import Outcome, Status, read_outcome
-from lenet.run.sweep_dir import read_sweep_record, recorded_overrides, split_override, sweep_jobs
+from lenet.run.sweep_dir import read_sweep_record, recorded_overrides, short_value, split_override, sweep_jobs
 from lenet.run.tracking import METRICS_FILE
 
 SEED_KEY = "seed"
@@ -166,6 +166,6 @@ def group_variants(jobs: list[Job], keys: list[str]) -> list[Variant]:
     variants: dict[tuple, Variant] = {}
     for job in jobs:
         settings = {k: job.overrides.get(k, "(default)") for k in keys}
-        label = ",".join(f"{k}={v}" for k, v in settings.items()) or "all jobs"
+        label = ",".join(f"{k}={short_value(v)}" for k, v in settings.items()) or "all jobs"
         variants.setdefault(tuple(settings.items()), Variant(label, settings)).jobs.append(job)
     return list(variants.values())

@@ -181,10 +181,10 @@ def test_lbfgs_is_never_captured():
 
 
 def test_the_setting_decides_with_the_reason(caplog):
-    assert use_graphs("auto", None) and use_graphs("true", None) and not use_graphs("false", None)
+    assert use_graphs("auto", None, True) and use_graphs("true", None, True) and not use_graphs("false", None, True)
     with caplog.at_level(logging.INFO, logger="lenet.train.graphed_step"):
-        assert not use_graphs("auto", "the device is cpu, not cuda")  # said nowhere: nothing to say on a CPU
-        assert not use_graphs("auto", "LBFGS evaluates the loss several times per step")
+        assert not use_graphs("auto", "the device is cpu, not cuda", on_cuda=False)  # nothing to say on a CPU
+        assert not use_graphs("auto", "LBFGS evaluates the loss several times per step", on_cuda=True)
     assert caplog.messages == ["CUDA graphs off: LBFGS evaluates the loss several times per step"]
     with pytest.raises(ConfigError, match="trainer.cuda_graphs=true cannot capture this run's step: LBFGS"):
-        use_graphs("true", "LBFGS evaluates the loss several times per step")
+        use_graphs("true", "LBFGS evaluates the loss several times per step", on_cuda=True)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from torch import nn
 
+from lenet.core.errors import ConfigError
 from lenet.train.callbacks import implements
 
 log = logging.getLogger(__name__)
@@ -104,20 +105,18 @@ def why_not_graphed(
     return None
 
 
-def use_graphs(setting: str, reason: Optional[str]) -> bool:
+def use_graphs(setting: str, reason: Optional[str], on_cuda: bool) -> bool:
     """Whether ``trainer.cuda_graphs=setting`` captures the step, given ``why_not_graphed``'s ``reason``.
 
-    ``auto`` captures when it can and logs why not on CUDA; ``true`` refuses a run that cannot.
+    ``auto`` captures when it can and, on CUDA, logs why not; ``true`` refuses a run that cannot.
     """
-    from lenet.core.errors import ConfigError
-
     if setting == "false":
         return False
     if reason is None:
         return True
     if setting == "true":
         raise ConfigError(f"trainer.cuda_graphs=true cannot capture this run's step: {reason}; set it to auto or false")
-    if not reason.startswith("the device is"):
+    if on_cuda:  # elsewhere there is nothing to explain
         log.info("CUDA graphs off: %s", reason)
     return False
 

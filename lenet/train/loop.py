@@ -151,7 +151,7 @@ def graphed_step(run: TrainState, settings: FitSettings, callbacks: Callbacks) -
     if settings.capture is not None:  # a stand-in capture runs on any device
         device = torch.device("cuda")
     reason = why_not_graphed(device, run.optimizer, callbacks, settings.forward is not None)
-    used = use_graphs(settings.cuda_graphs, reason)
+    used = use_graphs(settings.cuda_graphs, reason, on_cuda=device.type == "cuda")
     if device.type == "cuda":
         run.notes.update(cuda_graphs=used, cuda_graphs_off=None if used else reason or "trainer.cuda_graphs=false")
     if not used:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,18 +50,28 @@ def mnist_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run ``python train.py ARGS`` in ``cwd`` as a user would, capturing its output."""
+def _train_env(env: dict | None) -> dict:
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    return full_env
+
+
+def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``python train.py ARGS`` in ``cwd`` as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd,
-        env=full_env,
+        env=_train_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_train(*args: str, cwd: Path, env: dict | None = None, **popen: Any) -> subprocess.Popen:
+    """Start ``python train.py ARGS`` in ``cwd`` as ``run_train`` runs it, without waiting: its output piped, as text."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=_train_env(env), **options)
 
 
 def wait_for_first_epoch(metrics: Path, timeout: float = 120) -> None:
@@ -82,6 +93,17 @@ def without_time(rows: list[dict]) -> list[dict]:
     """Metrics rows without their wall-clock seconds: what must be equal between runs."""
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
+
+# a run of a few seconds: small synthetic splits on the CPU, no logger
+SMALL = [
+    "logger=none",
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "device=cpu",
+]
+TINY = [*SMALL, "device.num_threads=1", "trainer.epochs=1"]  # one epoch on one thread
 
 # one thread pinned: runs compared bit for bit must use the same count
 SYNTHETIC = [

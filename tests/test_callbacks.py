@@ -2,14 +2,11 @@
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
-    REPO,
     SYNTHETIC,
     doc_block,
     exact_resume_check,
@@ -17,6 +14,7 @@ from conftest import (
     read_jsonl,
     run_in_process,
     run_train,
+    start_train,
     wait_for_first_epoch,
     without_time,
 )
@@ -153,13 +151,7 @@ def test_a_callbacks_state_is_in_the_checkpoint_and_restored_on_resume(tmp_path)
 def test_ema_resumes_bit_for_bit_after_a_real_sigterm(tmp_path):
     args = [*SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "callbacks=ema"]
     run_in_process(tmp_path, "full", *args[len(SYNTHETIC) :])
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, "hydra.run.dir=part", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "part" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -193,14 +185,7 @@ def test_the_documented_callback_of_your_own_sees_every_step_and_keeps_its_state
     rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     assert [r["steps_seen"] for r in rows] == [47, 94, 141]  # ceil(3000 / 64) steps an epoch, every one seen
 
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"],
-        cwd=tmp_path,
-        env={**__import__("os").environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, "hydra.run.dir=part", cwd=tmp_path, env=env)
     wait_for_first_epoch(tmp_path / "part" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)  # during epoch 2
     _, err = proc.communicate(timeout=120)

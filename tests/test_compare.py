@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_train
+from conftest import SMALL, run_train
 from scipy import stats
 
 from lenet.run.outcome import write_summary
@@ -19,17 +19,7 @@ from lenet.tools.compare import compare, main
 from lenet.tools.jobs import find_sweeps
 from lenet.tools.stats import confidence_interval, paired_test
 
-SYNTHETIC = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "trainer.epochs=2",
-    "optimizer=adam",
-    "scheduler=none",
-]
+SYNTHETIC = [*SMALL, "trainer.epochs=2", "optimizer=adam", "scheduler=none"]
 
 
 def make_sweep(folder, jobs, swept=None, **record):

@@ -4,40 +4,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, job_summaries, read_json, read_jsonl, run_train, wait_for_first_epoch
+from conftest import TINY, job_summaries, read_json, read_jsonl, run_train, start_train, wait_for_first_epoch
 
 from lenet.run.sweep_dir import job_identity, recorded_overrides
 
-TINY = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "device.num_threads=1",
-    "trainer.epochs=1",
-]
 LONG = [
     a.replace("data.train_size=256", "data.train_size=3000").replace("trainer.epochs=1", "trainer.epochs=3")
     for a in TINY
 ]
 LONGER = [a.replace("trainer.epochs=3", "trainer.epochs=10") for a in LONG]  # still running when it is signalled
-
-
-def popen(*args, cwd, env=None):
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def one_line(result, *fragments):
@@ -82,13 +60,13 @@ def test_a_sweep_resumed_with_its_keys_in_another_order_finds_every_job_in_its_o
 @pytest.mark.slow
 def test_two_processes_never_write_one_run_dir_or_one_sweep_dir(tmp_path):
     running_long = [a.replace("trainer.epochs=3", "trainer.epochs=200") for a in LONG]  # until stopped, at the end
-    running = popen(*running_long, "hydra.run.dir=run", cwd=tmp_path)
+    running = start_train(*running_long, "hydra.run.dir=run", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
     second = run_train(*running_long, "hydra.run.dir=run", "trainer.resume=true", cwd=tmp_path)
     one_line(
         second, f"run is in use by process {running.pid} on ", "wait for it to end, or choose another hydra.run.dir"
     )
-    sweep = popen("-m", "seed=0,1", *running_long, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = start_train("-m", "seed=0,1", *running_long, "hydra.sweep.dir=sweep", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     other = run_train("-m", "seed=0,1", *running_long, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path)
     one_line(other, f"sweep is in use by process {sweep.pid} on ", "choose another hydra.sweep.dir")
@@ -162,7 +140,7 @@ class Stuck(Callback):
 @pytest.mark.slow
 def test_a_job_stuck_in_user_code_is_killed_after_the_grace_and_recorded_interrupted(tmp_path):
     (tmp_path / "stuck.py").write_text(STUCK)
-    sweep = popen(
+    sweep = start_train(
         "-m",
         "hydra/launcher=processes",
         "hydra.launcher.n_jobs=2",
@@ -188,7 +166,7 @@ def test_a_job_stuck_in_user_code_is_killed_after_the_grace_and_recorded_interru
 @pytest.mark.slow
 def test_sigterm_to_a_local_submitit_sweep_stops_every_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    sweep = popen("-m", "hydra/launcher=local", "seed=0,1", *LONGER, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = start_train("-m", "hydra/launcher=local", "seed=0,1", *LONGER, "hydra.sweep.dir=sweep", cwd=tmp_path)
     for n in (0, 1):
         wait_for_first_epoch(tmp_path / "sweep" / str(n) / "metrics.jsonl")
     sweep.send_signal(signal.SIGTERM)

@@ -1,19 +1,17 @@
 """hydra/launcher=fused: a sweep's jobs trained together, each still exactly a run of its own."""
 
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
     REAL_DATA,
-    REPO,
     job_summaries,
     read_json,
     read_jsonl,
     run_train,
+    start_train,
     wait_for_first_epoch,
     without_time,
 )
@@ -163,13 +161,7 @@ def test_sigterm_stops_a_fused_group_and_resuming_ends_bit_for_bit(tmp_path):
     args = ["-m", "hydra/launcher=fused", "seed=0,1,2", *TINY, "data.train_size=3000", "trainer.epochs=3"]
     full = run_train(*args, "hydra.sweep.dir=full", cwd=tmp_path, timeout=300)
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args, "hydra.sweep.dir=part"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, "hydra.sweep.dir=part", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "part" / "0" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

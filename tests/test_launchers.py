@@ -3,19 +3,18 @@
 import csv
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import yaml
 from conftest import (
-    REPO,
+    SMALL,
     interrupt_after_first_checkpoint,
     job_summaries,
     read_json,
     read_jsonl,
     run_in_process,
     run_train,
+    start_train,
     wait_for_first_epoch,
 )
 from wandb_records import OfflineRun
@@ -23,15 +22,7 @@ from wandb_records import OfflineRun
 from lenet.run.threads import available_cores
 from lenet.tools.compare import compare
 
-SYNTHETIC = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "trainer.epochs=1",
-]
+SYNTHETIC = [*SMALL, "trainer.epochs=1"]
 
 
 @pytest.mark.slow
@@ -94,13 +85,7 @@ def _parallel_sweep(tmp_path, epochs):
         f"trainer.epochs={epochs}",
         "hydra.sweep.dir=sweep",
     ]
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_train(*args, cwd=tmp_path)
 
 
 @pytest.mark.slow
@@ -221,13 +206,7 @@ def test_a_killed_submitit_job_fails_alone_with_the_sweeps_verdict(tmp_path):
         "trainer.epochs=3",
         "hydra.sweep.dir=sweep",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     victims = [pid for pid, _ in _processes("submitit.core._submit", tmp_path / "sweep") if pid != proc.pid]
     assert victims
@@ -281,13 +260,7 @@ def test_a_stopped_optuna_search_continues_to_n_trials_from_its_checkpoints(tmp_
         "trainer.epochs=3",
         "hydra.sweep.dir=sweep",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)  # in trial 1
     _, err = proc.communicate(timeout=120)

@@ -2,22 +2,14 @@
 
 import pytest
 import torch
-from conftest import read_json, read_jsonl, run_train
+from conftest import SMALL, read_json, read_jsonl, run_train
 
 from lenet.core.errors import ConfigError
 from lenet.core.metrics import compute, get_metric, per_class_accuracy, top5
 from lenet.tools.compare import compare
 from lenet.tools.compare import main as compare_main
 
-TINY = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "trainer.epochs=2",
-]
+TINY = [*SMALL, "trainer.epochs=2"]
 
 
 def test_top5_and_per_class_accuracy_by_hand():

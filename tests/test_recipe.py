@@ -4,19 +4,11 @@ import csv
 
 import pytest
 import torch
-from conftest import exact_resume_check, read_json, read_jsonl, run_train
+from conftest import SMALL, exact_resume_check, read_json, read_jsonl, run_train
 
 from lenet.tools.compare import compare
 
-TINY = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "trainer.epochs=1",
-]
+TINY = [*SMALL, "trainer.epochs=1"]
 
 NADAM_YAML = """\
 _target_: torch.optim.NAdam

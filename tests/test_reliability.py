@@ -1,16 +1,12 @@
 """Interruptions, resumption, divergence and reproducibility."""
 
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from conftest import (
-    REPO,
     SYNTHETIC,
     as_if_interrupted,
     compose_config,
@@ -18,6 +14,7 @@ from conftest import (
     read_jsonl,
     run_in_process,
     run_train,
+    start_train,
     wait_for_first_epoch,
     without_time,
 )
@@ -45,8 +42,7 @@ def test_sigterm_stops_keeps_the_checkpoint_and_resume_matches_an_uninterrupted_
     args = [*SYNTHETIC, "data.train_size=3000", "trainer.epochs=3"]
     run_in_process(tmp_path, "full", *args[len(SYNTHETIC) :])  # the uninterrupted reference
 
-    env_args = [sys.executable, str(REPO / "train.py"), *args, "hydra.run.dir=part"]
-    proc = subprocess.Popen(env_args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_train(*args, "hydra.run.dir=part", cwd=tmp_path)
     metrics = tmp_path / "part" / "metrics.jsonl"
     wait_for_first_epoch(metrics)
     proc.send_signal(signal.SIGTERM)  # during epoch 2
@@ -217,15 +213,7 @@ def test_a_signal_received_before_a_job_starts_stops_it_at_once(tmp_path, monkey
 @pytest.mark.parametrize("delay", [0.15, 0.5, 1.5])
 def test_sigterm_during_start_up_is_honoured_without_a_traceback(tmp_path, delay):
     args = [*SYNTHETIC, "data.train_size=256", "trainer.epochs=3", "hydra.run.dir=run"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, cwd=tmp_path)
     time.sleep(delay)  # importing Hydra, composing, importing torch
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -238,13 +226,7 @@ def test_sigterm_during_start_up_is_honoured_without_a_traceback(tmp_path, delay
 @pytest.mark.slow
 def test_sigterm_between_sweep_jobs_stops_the_sweep_without_a_traceback(tmp_path):
     args = ["-m", *SYNTHETIC, "data.train_size=256", "trainer.epochs=1", "seed=0,1,2", "hydra.sweep.dir=sweep"]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, cwd=tmp_path)
     first = tmp_path / "sweep" / "0" / "summary.json"
     deadline = time.time() + 120
     while not (first.exists() and '"completed"' in first.read_text()) and time.time() < deadline:

@@ -2,11 +2,17 @@
 
 import shlex
 import signal
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, read_json, read_jsonl, run_in_process, run_train, wait_for_first_epoch, without_time
+from conftest import (
+    read_json,
+    read_jsonl,
+    run_in_process,
+    run_train,
+    start_train,
+    wait_for_first_epoch,
+    without_time,
+)
 
 ARGS = [
     "logger=none",
@@ -23,13 +29,7 @@ ARGS = [
 
 
 def interrupt(args, cwd, metrics):
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, cwd=cwd)
     wait_for_first_epoch(metrics)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -56,13 +56,7 @@ def test_the_printed_resume_command_continues_the_run_with_nothing_retyped(tmp_p
 @pytest.mark.slow
 def test_an_interrupted_sweep_prints_its_job_table_and_the_command_that_continues_it(tmp_path):
     args = ["-m", "seed=0,1", *ARGS, "hydra.sweep.dir=sweep"]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*args, cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "0" / "metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

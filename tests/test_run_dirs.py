@@ -1,18 +1,7 @@
 """A run's folder is its own: never shared with another run, never rewritten by a refused or failed resume."""
 
 import pytest
-from conftest import read_json, run_train
-
-TINY = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "device.num_threads=1",
-    "trainer.epochs=1",
-]
+from conftest import TINY, read_json, run_train
 
 
 @pytest.mark.slow

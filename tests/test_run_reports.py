@@ -1,18 +1,7 @@
 """What a run and a sweep say at their end, the sweep preview, and where a failed run's error is kept."""
 
 import pytest
-from conftest import run_train
-
-TINY = [
-    "logger=none",
-    "data=synthetic",
-    "data.train_size=256",
-    "data.test_size=128",
-    "trainer.batch_size=64",
-    "device=cpu",
-    "device.num_threads=1",
-    "trainer.epochs=1",
-]
+from conftest import TINY, run_train
 
 
 @pytest.mark.slow

@@ -2,12 +2,11 @@
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch, without_time
+from conftest import read_json, read_jsonl, run_train, start_train, wait_for_first_epoch, without_time
 
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
 JOB = [
@@ -52,14 +51,7 @@ def test_a_sweep_on_slurm_completes_and_a_requeued_job_resumes_bit_for_bit(slurm
         *JOB,
         "hydra.sweep.dir=sweep",
     ]
-    sweep = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sweep = start_train(*args, cwd=tmp_path, env=env)
     wait_for_first_epoch(tmp_path / "sweep" / "1" / "metrics.jsonl", timeout=120)
     squeue = subprocess.run(["squeue", "-h", "-t", "running", "-o", "%i"], env=env, capture_output=True, text=True)
     (job,) = [j for j in squeue.stdout.split() if j.endswith("_1")]

@@ -1,11 +1,9 @@
 """Resuming a sweep: the same command, the same hydra.sweep.dir and trainer.resume=true complete only what is missing."""
 
 import signal
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch, without_time
+from conftest import read_json, read_jsonl, run_train, start_train, wait_for_first_epoch, without_time
 
 TINY = [
     "logger=none",
@@ -25,13 +23,7 @@ def test_a_stopped_sweep_resumed_completes_only_what_is_missing(tmp_path, launch
     sweep = ["-m", f"hydra/launcher={launcher}", "seed=0,1,2", "optimizer.lr=0.05,1e9", *TINY]
     if launcher == "joblib":
         sweep.append("hydra.launcher.n_jobs=1")  # one at a time: the signal lands in a known job
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *sweep, "hydra.sweep.dir=sweep"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(*sweep, "hydra.sweep.dir=sweep", cwd=tmp_path)
     wait_for_first_epoch(tmp_path / "sweep" / "2" / "metrics.jsonl")  # job 2 (seed=1, lr=0.05) has an epoch
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)

@@ -3,10 +3,9 @@
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO, read_json, read_jsonl, run_train, wait_for_first_epoch
+from conftest import read_json, read_jsonl, run_train, start_train, wait_for_first_epoch
 from wandb_records import OfflineRun
 
 SYNTHETIC = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "device=cpu"]
@@ -114,17 +113,9 @@ def test_the_logger_leaves_the_environment_alone_and_its_run_is_reachable(tmp_pa
 @pytest.mark.slow
 def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_path):
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=5", "hydra.run.dir=run"]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    # a session of its own, so that the test can signal the whole process group as a terminal's Ctrl-C does
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    # W&B offline (start_train's environment); a session of its own, so that the test can signal the whole
+    # process group as a terminal's Ctrl-C does
+    proc = start_train(*args, cwd=tmp_path, start_new_session=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     wait_for_first_epoch(metrics)
     os.killpg(proc.pid, signal.SIGINT)  # the W&B process gets it too, and must outlive it
@@ -142,14 +133,7 @@ def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
     # kill -9 leaves W&B's run unfinished (offline: W&B writes it at finish); the run dir keeps the record,
     # and the resumed run gives W&B every epoch again
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "hydra.run.dir=run"]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_train(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # W&B offline
     wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
     proc.kill()
     proc.wait(timeout=60)

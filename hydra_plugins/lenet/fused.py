@@ -18,11 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.lenet.sweeping import composed_job, job_dir, refused_job, run_claimed
+from hydra_plugins.lenet.sweeping import SetUpLauncher, composed_job, job_dir, refused_job, run_claimed
 from lenet.core.errors import Interrupted
 
 log = logging.getLogger(__name__)
@@ -52,7 +50,7 @@ def groups_of(keys: Sequence[Optional[str]], group_size: int) -> List[List[int]]
     return sorted(groups)
 
 
-class FusedLauncher(Launcher):
+class FusedLauncher(SetUpLauncher):
     """Trains each group of fusable jobs as one program, the others one after another."""
 
     def __init__(self, group_size: int = 64) -> None:
@@ -60,13 +58,8 @@ class FusedLauncher(Launcher):
 
         if group_size < 1:
             raise ConfigError(f"hydra.launcher.group_size must be >= 1, got {group_size}")
+        super().__init__()
         self.group_size = group_size
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Run every job: fused where they can share a program, alone otherwise."""

@@ -7,13 +7,13 @@ schema, and the model, optimizer, loss, schedule and callbacks built), so a bad 
 
 import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from hydra_plugins.lenet.sweeping import SetUpLauncher
 
 
 @dataclass
@@ -24,19 +24,14 @@ class PreviewLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="preview", node=PreviewLauncherConf, provider="lenet")
 
 
-class PreviewLauncher(Launcher):
+class PreviewLauncher(SetUpLauncher):
     """Prints one line per job: its number, its overrides, and whether its config is valid."""
 
     runs_jobs = False  # lenet's sweepers then claim no sweep dir and write nothing
 
     def __init__(self) -> None:
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        super().__init__()
         self.invalid = 0
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lenet.run.preflight import preflight

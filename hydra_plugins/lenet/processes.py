@@ -23,11 +23,9 @@ from typing import Any, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
 
 from hydra_plugins.lenet.failures import failed_job
+from hydra_plugins.lenet.sweeping import SetUpLauncher
 from lenet.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,7 +65,7 @@ def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when t
         pass  # not Linux: the sweep's signal handler still passes signals on
 
 
-class ProcessesLauncher(Launcher):
+class ProcessesLauncher(SetUpLauncher):
     """Runs each job in its own process, ``n_jobs`` at a time."""
 
     def __init__(self, n_jobs: int = -1, kill_after: float = 30.0, **unknown: Any) -> None:
@@ -76,13 +74,8 @@ class ProcessesLauncher(Launcher):
                 f"the processes launcher (hydra/launcher=processes, alias joblib) takes n_jobs and kill_after, not "
                 f"{', '.join(f'hydra.launcher.{k}' for k in unknown)}: drop it"
             )
+        super().__init__()
         self.n_jobs, self.kill_after = n_jobs, kill_after
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Run the jobs, ``n_jobs`` at a time; a signal to the sweep stops them all, and no job starts after it."""

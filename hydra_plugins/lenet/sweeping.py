@@ -7,9 +7,11 @@ identity (``assign_folders``). A launcher holds each job's folder while the job 
 
 import logging
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lenet.run.config import RESUME_IGNORES
@@ -26,6 +28,18 @@ from lenet.run.sweep_dir import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class SetUpLauncher(Launcher):
+    """A launcher that keeps what Hydra's ``setup`` hands it: the config, the Hydra context, the task function."""
+
+    def __init__(self) -> None:
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
 
 def runs_jobs(launcher: Any) -> bool:

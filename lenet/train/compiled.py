@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lenet.core.data import Split
+from lenet.train.state import global_rng_state, set_global_rng_state
 
 
 def compile_model(model: nn.Module) -> nn.Module:
@@ -42,7 +43,7 @@ def precompile(
     """
     train_batch, eval_batch = batch_sizes
     device = train.images.device
-    kept, rng = copy.deepcopy(model.state_dict()), _rng_states(device)
+    kept, rng = copy.deepcopy(model.state_dict()), global_rng_state()
     grads = [p.grad for p in model.parameters()]
     _synchronize(device)
     started = time.perf_counter()
@@ -62,20 +63,10 @@ def precompile(
     model.load_state_dict(kept)
     for param, grad in zip(model.parameters(), grads):
         param.grad = grad
-    _set_rng_states(device, rng)
+    set_global_rng_state(rng)
     return seconds
 
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rng_states(device: torch.device) -> tuple[torch.Tensor, Any]:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, Any]) -> None:
-    torch.set_rng_state(states[0])
-    if states[1] is not None:
-        torch.cuda.set_rng_state(states[1], device)

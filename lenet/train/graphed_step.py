@@ -134,6 +134,7 @@ class GraphedStep:
         self.run, self.step, self.capture, self.strict = run, step, capture, strict
         self.warmups_left = WARMUP_STEPS
         self.inputs: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.params: list[nn.Parameter] = []
         self.grads: list[Optional[torch.Tensor]] = []
         self.fixed: list[dict[str, Any]] = []
         self.lrs: list[torch.Tensor] = []
@@ -154,7 +155,7 @@ class GraphedStep:
         static_x, static_y = self.inputs
         static_x.copy_(x)
         static_y.copy_(y)
-        for param, grad in zip(_parameters(self.run.optimizer), self.grads):
+        for param, grad in zip(self.params, self.grads):
             param.grad = grad  # an eager last batch set its own; the graph writes and reads these
         return self.capture.replay()
 
@@ -170,7 +171,8 @@ class GraphedStep:
             self._stop(f"capturing the step failed: {type(e).__name__}: {e}")
             self.run.optimizer.zero_grad(set_to_none=True)  # what the capture left is not a gradient
             return False
-        self.grads = [param.grad for param in _parameters(self.run.optimizer)]
+        self.params = [param for group in self.run.optimizer.param_groups for param in group["params"]]
+        self.grads = [param.grad for param in self.params]
         return True
 
     def _settings_changed(self) -> bool:
@@ -211,7 +213,3 @@ def tensor_lrs(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 def _fixed_settings(group: dict[str, Any]) -> dict[str, Any]:
     # the numbers a captured step holds as constants (a tensor setting is read from its memory, like lr)
     return {k: v for k, v in group.items() if k not in _LIVE_KEYS and not isinstance(v, torch.Tensor)}
-
-
-def _parameters(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
-    return [param for group in optimizer.param_groups for param in group["params"]]

@@ -18,20 +18,30 @@ from torch import nn
 from lenet.core.optim import Scheduler
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """The random-number states that decide what happens next in training."""
-    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+def global_rng_state() -> dict[str, Any]:
+    """The states of torch's global generators: the CPU's and, where there are any, every GPU's."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
-    """Restore what ``rng_state`` saved."""
+def set_global_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what ``global_rng_state`` saved."""
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The random-number states that decide what happens next in training."""
+    return {**global_rng_state(), "shuffle": generator.get_state()}
+
+
+def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
+    """Restore what ``rng_state`` saved."""
+    set_global_rng_state(state)
+    generator.set_state(state["shuffle"])
 
 
 def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

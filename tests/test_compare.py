@@ -13,8 +13,9 @@ import pytest
 from conftest import SMALL, run_train
 from scipy import stats
 
+from lenet.run.identity import job_identity
 from lenet.run.outcome import write_summary
-from lenet.run.sweep_dir import write_sweep_record
+from lenet.run.sweep_dir import SweepRecord, write_sweep_record
 from lenet.tools.compare import compare, main
 from lenet.tools.jobs import find_sweeps
 from lenet.tools.stats import confidence_interval, paired_test
@@ -49,7 +50,8 @@ def make_sweep(folder, jobs, swept=None, **record):
         }
         write_summary(job, summary)
     if swept is not None:
-        write_sweep_record(folder, {"swept": swept, **record})
+        folders = {str(n): list(job_identity(overrides)) for n, (overrides, _, _) in enumerate(jobs)}
+        write_sweep_record(folder, SweepRecord(swept=swept, jobs=folders, **record))
     return folder
 
 
@@ -149,8 +151,9 @@ def test_out_being_a_file_is_one_line_and_labels_with_dollars_are_drawn(tmp_path
     jobs = [(["tag=$cheap", f"seed={s}"], [0.9 + s / 100], {}) for s in range(3)]
     sweep = make_sweep(tmp_path / "sweep", jobs + [(["tag=$$rich$", "seed=0"], [0.95], {})], swept=["tag", "seed"])
     (tmp_path / "afile").write_text("")
-    with pytest.raises(SystemExit, match=r"--out .*afile is a file; give a folder"):
+    with pytest.raises(SystemExit) as stopped:
         main([str(sweep), "--out", str(tmp_path / "afile")])
+    assert stopped.value.code == 1 and "afile is a file; give a folder" in capsys.readouterr().err
     main([str(sweep)])
     assert (sweep / "comparison.png").stat().st_size > 10_000 and "| tag=$$rich$ | 1 |" in capsys.readouterr().out
 

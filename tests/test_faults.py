@@ -1,5 +1,6 @@
 """The promises under faults, as users meet them: two processes at once, reordered sweeps, hostile inputs, signals."""
 
+import json
 import os
 import shutil
 import signal
@@ -9,7 +10,8 @@ import time
 import pytest
 from conftest import TINY, job_summaries, read_json, read_jsonl, run_train, start_train, wait_for_first_epoch
 
-from lenet.run.sweep_dir import job_identity, recorded_overrides
+from lenet.run.identity import job_identity
+from lenet.run.sweep_dir import recorded_overrides
 
 LONG = [
     a.replace("data.train_size=256", "data.train_size=3000").replace("trainer.epochs=1", "trainer.epochs=3")
@@ -296,3 +298,36 @@ def test_a_full_disk_mid_run_fails_in_one_line_and_leaves_the_summary_of_what_wa
         assert summary["epochs_completed"] == len(read_jsonl(disk / "run" / "metrics.jsonl")) >= 1
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["lenet_basic", "fused", "processes"])
+def test_jobs_that_differ_only_where_a_resume_may_change_are_still_two_jobs(tmp_path, launcher):
+    tiny = [a for a in TINY if not a.startswith("device.num_threads")]
+    result = run_train(
+        "-m", f"hydra/launcher={launcher}", "device.num_threads=1,2", *tiny, "hydra.sweep.dir=sweep", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    summaries = job_summaries(tmp_path / "sweep")
+    assert sorted(s["num_threads"] for s in summaries) == [1, 2] and len(summaries) == 2  # a reproducibility study
+
+
+@pytest.mark.slow
+def test_a_damaged_sweep_record_is_rebuilt_or_refused_never_taken_for_no_sweep(tmp_path):
+    assert run_train("-m", "seed=0,1", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path).returncode == 0
+    record = tmp_path / "sweep" / "sweep.json"
+    record.write_text(record.read_text()[:40])  # cut short
+    other = run_train(
+        "-m", "seed=0,1", "optimizer=adam", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path
+    )
+    one_line(other, "cannot continue the sweep in", "optimizer=not set (now adam)")
+    same = run_train("-m", "seed=0,1", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path)
+    assert same.returncode == 0 and same.stdout.count("  completed  ") == 2, same.stderr
+    jobs = json.loads(record.read_text())["jobs"]  # rebuilt and written again
+    assert sorted(jobs) == ["0", "1"] and "seed=0" in jobs["0"] and "seed=1" in jobs["1"]
+    record.write_text("[1, 2]")  # the wrong shape, and nothing to rebuild it from
+    (tmp_path / "sweep" / "multirun.yaml").unlink()
+    one_line(
+        run_train("-m", "seed=0,1", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path),
+        "sweep.json is damaged (it holds a list, not an object)",
+    )

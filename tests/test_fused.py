@@ -125,9 +125,10 @@ def test_jobs_share_a_program_only_where_they_differ_in_seed_and_optimizer_setti
         "callbacks": {},
         "data": {"root": "a"},
     }
-    other_seed = {**base, "seed": 3, "optimizer": {"lr": 0.5, "momentum": 0.8}, "data": {"root": "b"}}
+    other_seed = {**base, "seed": 3, "optimizer": {"lr": 0.5, "momentum": 0.8}, "logger": {"wandb": {}}}
     other_model = {**base, "model": {"name": "lenet5_classic"}}
     assert fused_key(base) == fused_key(other_seed) != fused_key(other_model)
+    assert fused_key({**base, "data": {"root": "b"}}) != fused_key(base)  # other data: another program
     assert fused_key({**base, "callbacks": {"ema": {}}}) is None  # a loop of its own
     assert fused_key({**base, "trainer": {"cuda_graphs": True}}) is None  # its own captured step
     assert fused_key({**base, "trainer": {"cuda_graphs": "auto"}}) is not None  # the default fuses

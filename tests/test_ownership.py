@@ -13,7 +13,8 @@ from conftest import REPO, run_in_process
 
 from lenet.core.errors import UserError
 from lenet.run.folders import FolderError, check_fresh, check_job_folder, hold, holding, release
-from lenet.run.sweep_dir import job_identity, known_jobs, read_sweep_record, sweep_definition
+from lenet.run.identity import job_identity
+from lenet.run.sweep_dir import known_jobs, read_sweep_record, sweep_definition
 
 HOLDER = textwrap.dedent("""\
     import sys, time
@@ -75,19 +76,36 @@ def test_a_folder_of_someone_elses_files_or_another_run_is_never_used(tmp_path):
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / ".hydra").mkdir()
     (tmp_path / "job" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- pooling=avg\n")
-    check_job_folder(tmp_path / "job", job_identity(["pooling=avg", "seed=1"]))  # its own job, in any order
-    with pytest.raises(FolderError, match=r"holds another job \(seed=1 pooling=avg\), not this one"):
-        check_job_folder(tmp_path / "job", job_identity(["pooling=max", "seed=1"]))
-    check_job_folder(tmp_path / "new", ["seed=0"])  # a new folder
+    check_job_folder(tmp_path / "job", ["pooling=avg", "seed=1"], False, None)  # its own job, in any order
+    with pytest.raises(FolderError, match=r"holds another job \(pooling=avg seed=1\), not this one"):
+        check_job_folder(tmp_path / "job", ["pooling=max", "seed=1"], False, None)
+    check_job_folder(tmp_path / "new", ["seed=0"], False, None)  # a new folder
 
 
-def test_a_jobs_identity_ignores_order_and_what_a_resume_may_change():
-    assert job_identity(["seed=1", "pooling=avg", "trainer.resume=true", "logger=none", "hydra.sweep.subdir=3"]) == (
-        job_identity(["pooling=avg", "seed=1"])
+def test_a_jobs_identity_is_all_its_overrides_in_one_spelling():
+    assert job_identity(["seed=1", "pooling=avg", "trainer.resume=true", "hydra.sweep.subdir=3"]) == job_identity(
+        ["pooling=avg", "+seed=1"]
+    )  # order, the + of an added key, Hydra's own keys and trainer.resume do not make another job
+    assert job_identity(["optimizer.lr=1e-3", "data.root='clean'"]) == job_identity(
+        ["data.root=clean", "optimizer.lr=0.001"]
     )
-    assert sweep_definition(["pooling=max,avg", "seed=2,0,1"], {}, ()) == sweep_definition(
-        ["seed=0,1,2", "pooling=avg,max"], {}, ()
+    assert job_identity(["optimizer.lr=1.0"]) == job_identity(["optimizer.lr=1"])
+    for other in (["data.root=noisy"], ["device.num_threads=2"], ["logger=none"], ["device=cpu"]):
+        assert job_identity(["data.root=clean"]) != job_identity(other)  # every key tells jobs apart
+    assert sweep_definition(["pooling=max,avg", "seed=2,0,1"], {}) == sweep_definition(
+        ["seed=0,1,2", "pooling=avg,max"], {}
     )
+
+
+def test_only_a_resume_compared_with_its_own_folder_ignores_what_a_resume_may_change():
+    from lenet.run.identity import same_job
+
+    first, resumed = ["seed=1"], ["seed=1", "device=cpu", "data.root=/elsewhere", "trainer.resume=true"]
+    assert same_job(first, resumed, resuming=True, swept=["seed"])
+    assert not same_job(first, resumed, resuming=False, swept=["seed"])  # never when jobs are told apart
+    assert not same_job(first, resumed, resuming=True, swept=None)  # nor without the sweep's record
+    swept_root = ["seed", "data.root"]  # a sweep over data.root: it tells the jobs apart, resumed too
+    assert not same_job(["seed=1", "data.root=clean"], ["seed=1", "data.root=noisy"], resuming=True, swept=swept_root)
 
 
 def test_each_job_gets_the_folder_that_holds_it_and_new_jobs_distinct_free_ones(tmp_path):
@@ -107,11 +125,13 @@ def test_each_job_gets_the_folder_that_holds_it_and_new_jobs_distinct_free_ones(
     same = assign_folders(tmp_path, [["seed=5"], ["seed=6"], ["seed=7"]], ["same", "same", "same"])
     assert subdirs(same) == ["same", "same-1", "same-2"]  # a subdir that is not unique never shares a folder
     assert set(known_jobs(tmp_path)) == {"0", "1", "2", "same", "same-1", "same-2"}
-    assert read_sweep_record(tmp_path)["jobs"]["2"] == ["pooling=max", "seed=1"]
+    assert read_sweep_record(tmp_path).jobs["2"] == ["pooling=max", "seed=1"]
+    both = assign_folders(tmp_path, [["data.root=clean"], ["data.root=noisy"]], ["root", "root"])
+    assert subdirs(both) == ["root", "root-1"]  # jobs that differ only where a resume may change still differ
 
 
-def untrusted_run(tmp_path, model_node):
-    """A finished run whose config names ``model_node``, as a run folder from elsewhere could."""
+def untrusted_run(tmp_path, model_node, part="model"):
+    """A finished run whose config names ``model_node`` (as its ``part``), as a run folder from elsewhere could."""
     summary, run_dir = run_in_process(tmp_path, "run", "data.train_size=128", "trainer.epochs=1")
     config = run_dir / ".hydra"
     config.mkdir()
@@ -120,7 +140,7 @@ def untrusted_run(tmp_path, model_node):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=["data=synthetic"])
-    cfg.model = OmegaConf.create(model_node)
+    cfg[part] = OmegaConf.create(model_node)
     OmegaConf.save(cfg, config / "config.yaml")
     return run_dir
 
@@ -136,10 +156,56 @@ def test_loading_a_run_dir_builds_nothing_it_does_not_trust(tmp_path, target):
     assert not marker.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "tool, part, node",
+    [  # what an adversarial pass found: a name reached through lenet's attributes, a nested target, an interpolation
+        (
+            "evaluate",
+            "loss",
+            {
+                "_target_": "lenet.core.losses.torch.fx.graph_module._exec_with_source",
+                "src": "open('MARKER', 'w')",
+                "globals": {},
+            },
+        ),
+        (
+            "predict",
+            "model",
+            {
+                "_target_": "torch.nn.Identity",
+                "x": {
+                    "_target_": "lenet.core.models.torch.fx.graph_module._exec_with_source",
+                    "src": "open('MARKER', 'w')",
+                    "globals": {},
+                },
+            },
+        ),
+        ("evaluate", "model", {"_target_": "torch.${model.y}", "y": "load", "f": "MARKER"}),
+    ],
+)
+def test_the_trust_rule_judges_what_would_be_built_not_its_text(tmp_path, tool, part, node):
+    marker = tmp_path / "pwned"
+    run_dir = untrusted_run(tmp_path, json.loads(json.dumps(node).replace("MARKER", str(marker))), part)
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(image)
+    args = [str(run_dir)] + ([str(image)] if tool == "predict" else [])
+    result = subprocess.run(
+        [sys.executable, "-m", f"lenet.{tool}", *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "which lenet does not build unless told to trust it" in result.stderr
+    assert not marker.exists()
+
+
 def test_a_run_of_your_own_model_loads_when_its_module_is_trusted(tmp_path, monkeypatch):
     from lenet.tools.inference import load_run
 
-    (tmp_path / "my_nets.py").write_text("from lenet.core.models import lenet5 as net\n")
+    (tmp_path / "my_nets.py").write_text(
+        "from lenet.core.models import lenet5\n\n\ndef net(**kwargs):\n    return lenet5(**kwargs)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     run_dir = untrusted_run(tmp_path, {"_target_": "my_nets.net"})
     with pytest.raises(UserError, match=r"pass --trust my_nets"):
@@ -218,18 +284,24 @@ def test_a_summary_that_cannot_be_read_is_an_outcome_saying_so(tmp_path):
     assert read_outcome(tmp_path / "nothing").error == "the job ended without recording a result (no summary.json)"
 
 
-def test_summary_json_is_rewritten_in_place_when_the_disk_is_full(tmp_path, monkeypatch):
+def test_summary_json_is_written_from_its_reserve_when_the_disk_is_full(tmp_path, monkeypatch):
     import errno
 
     import lenet.run.outcome as outcome
 
     outcome.write_summary(tmp_path, {"status": "running", "epochs_completed": 0})
-    size = (tmp_path / "summary.json").stat().st_size
+    assert (tmp_path / outcome.RESERVE_FILE).stat().st_size == outcome.RESERVE_BYTES  # while it runs
+    json.loads((tmp_path / "summary.json").read_text())  # only its JSON: nothing padded
+    write = outcome.write_text
+    calls = []
 
-    def full(path, text):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full_until_the_reserve_goes(path, text):
+        calls.append(path)
+        if (tmp_path / outcome.RESERVE_FILE).exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, text)
 
-    monkeypatch.setattr(outcome, "write_atomic", full)
+    monkeypatch.setattr(outcome, "write_text", full_until_the_reserve_goes)
     outcome.write_summary(tmp_path, {"status": "failed", "epochs_completed": 1, "error": "no space"})
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
-    assert (tmp_path / "summary.json").stat().st_size == size  # in the blocks it had
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed" and len(calls) == 2
+    assert not (tmp_path / outcome.RESERVE_FILE).exists()

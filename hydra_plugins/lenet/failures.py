@@ -5,14 +5,13 @@ The launchers return for such a job what any job returns (``lenet.run.outcome``)
 ``JobStatus.FAILED`` with a ``JobFailed`` holding its outcome.
 """
 
-import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict
 
-from lenet.run.outcome import JobFailed, Outcome, Status, read_outcome, read_summary, write_summary
+from lenet.run.outcome import JobFailed, Outcome, Status, read_outcome, record_failure
 
 
 def job_dir(hydra_context: Any, config: Any, idx: int, overrides: Sequence[str]) -> Path:
@@ -28,15 +27,7 @@ def recorded_or_failed(folder: Path, overrides: Sequence[str], reason: str, stat
     outcome = read_outcome(folder)
     if outcome.summary and outcome.status != Status.running:
         return outcome
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    try:
-        summary = read_summary(folder) or {"final_test_acc": None, "best_test_acc": None, "started_at": now}
-    except Exception:  # unreadable: replaced by what is known
-        summary = {"final_test_acc": None, "best_test_acc": None}
-    summary.update(status=status, error=reason, overrides=list(overrides), finished_at=now)
-    write_summary(folder, summary)
-    return Outcome(status, folder, reason, summary)
+    return record_failure(folder, list(overrides), reason, status)
 
 
 def failed_job(

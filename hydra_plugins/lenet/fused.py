@@ -94,11 +94,11 @@ class FusedLauncher(SetUpLauncher):
 
     def _fused(self, configs: List[DictConfig]) -> List[JobReturn]:
         """Claim every job's folder, write its .hydra/, train them together, and return their outcomes."""
-        from lenet.run.folders import FolderError, check_job_folder, hold, release
+        from hydra_plugins.lenet.sweeping import claim_job_folder
+        from lenet.run.folders import FolderError, hold, release
         from lenet.run.fused_life import run_group
         from lenet.run.outcome import JobFailed, Outcome, Status
         from lenet.run.preflight import preflight
-        from lenet.run.sweep_dir import job_identity
 
         claimed, refused = [], {}
         for i, config in enumerate(configs):
@@ -106,7 +106,7 @@ class FusedLauncher(SetUpLauncher):
             log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
             try:
                 hold(folder, "hydra.sweep.subdir")
-                check_job_folder(folder, job_identity(config.hydra.overrides.task))
+                claim_job_folder(config)
                 claimed.append(i)
             except FolderError as e:
                 release(folder)

@@ -8,6 +8,7 @@ only with ``trainer.resume=true``.
 """
 
 import csv
+import io
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, TypeVar
 from omegaconf import OmegaConf
 
 from lenet.core.errors import ConfigError, UserError
+from lenet.run.files import save_yaml, write_text
 from lenet.run.folders import hold
 
 log = logging.getLogger(__name__)
@@ -143,10 +145,11 @@ def write_results(study: Any, sweep_dir: Path, objective: str, direction: str) -
             "best_value": best.value,
             "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
         }
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+        save_yaml(results, sweep_dir / RESULTS_FILE)
     keys = sorted({k for t in trials for k in t.params})
-    with open(sweep_dir / TRIALS_FILE, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["number", "state", "value", *keys])
-        for t in trials:
-            writer.writerow([t.number, t.state.name.lower(), t.value, *(t.params.get(k) for k in keys)])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["number", "state", "value", *keys])
+    for t in trials:
+        writer.writerow([t.number, t.state.name.lower(), t.value, *(t.params.get(k) for k in keys)])
+    write_text(sweep_dir / TRIALS_FILE, table.getvalue())

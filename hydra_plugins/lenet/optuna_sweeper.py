@@ -188,7 +188,9 @@ class OptunaSweeper(Sweeper):
                 break
             launchable = self._composing(study, url, batch, fixed, unlaunched)
             if launchable:  # each trial's folder is its number: a continued search never reuses one
-                assigned = assign_folders(sweep_dir, [o for _, o in launchable], [str(t.number) for t, _ in launchable])
+                assigned = assign_folders(
+                    sweep_dir, [o for _, o in launchable], [str(t.number) for t, _ in launchable], resume
+                )
                 try:
                     results = self.launcher.launch(assigned, launchable[0][0].number)
                 except (SystemExit, KeyboardInterrupt):  # a signal stopped the search

@@ -48,8 +48,8 @@ class LenetBasicSweeper(BasicSweeper):
         if not runs_jobs(self.launcher):
             return self.launcher.launch(jobs, initial_job_idx=0)
         sweep_dir = start_sweep(self.config, self.launcher)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        assigned = assign_folders(sweep_dir, jobs, wanted)
+        resuming = bool(OmegaConf.select(self.config, "trainer.resume", default=False))
+        assigned = assign_folders(sweep_dir, jobs, wanted, resuming)
         returns: List[JobReturn] = []
         try:
             for batch in batches:

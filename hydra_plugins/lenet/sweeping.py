@@ -14,14 +14,17 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lenet.run.config import RESUME_IGNORES
+from lenet.run.files import save_yaml
 from lenet.run.folders import OURS, FolderError, check_job_folder, claim_sweep_dir, holding
+from lenet.run.identity import job_identity, relaxed
 from lenet.run.outcome import JobFailed, Outcome, Status
 from lenet.run.sweep_dir import (
-    job_identity,
+    MULTIRUN_FILE,
+    SweepRecord,
     known_jobs,
     override_value,
     read_sweep_record,
+    read_swept_keys,
     sweep_definition,
     swept_keys,
     write_sweep_record,
@@ -48,20 +51,20 @@ def runs_jobs(launcher: Any) -> bool:
 
 
 def start_sweep(config: DictConfig, launcher: Any, kind: str = "grid") -> Path:
-    """Claim the sweep dir (a dated one of its own, a named one only to resume its sweep) and record the sweep:
-    its ``kind`` (``grid``: every combination; ``search``: trials a sampler chose), its swept keys and definition."""
+    """Claim the sweep dir (a dated one of its own, a named one only to continue its sweep) and record the sweep:
+    its ``kind`` (``grid``: every combination; ``search``: trials a sampler chose), its swept keys and definition,
+    in ``sweep.json`` and Hydra's ``multirun.yaml`` (from which a damaged sweep.json is rebuilt)."""
     params_node = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-    space = OmegaConf.to_container(params_node) if params_node is not None else {}
+    space = {
+        str(k): str(v) for k, v in (OmegaConf.to_container(params_node) if params_node is not None else {}).items()
+    }
     if runs_jobs(launcher):
-        definition = sweep_definition(config.hydra.overrides.task, space, RESUME_IGNORES)
-        sweep_dir = claim_sweep_dir(config, definition)
-        record = read_sweep_record(sweep_dir)
-        record.update(
-            kind=kind,
-            swept=swept_keys(config.hydra.overrides.task, space),
-            definition=definition,
-            command=resume_command(sweep_dir),
-        )
+        task = list(config.hydra.overrides.task)
+        record = SweepRecord(kind=kind, swept=swept_keys(task, space), definition=sweep_definition(task, space))
+        sweep_dir = claim_sweep_dir(config, record)
+        record.jobs = known_jobs(sweep_dir)  # a continued sweep keeps the jobs it has
+        record.command = resume_command(sweep_dir)
+        save_yaml(config, sweep_dir / MULTIRUN_FILE)
         write_sweep_record(sweep_dir, record)
     return Path(str(config.hydra.sweep.dir))
 
@@ -122,30 +125,50 @@ def _occupied(folder: Path) -> bool:
     return folder.is_dir() and any(p.name not in OURS for p in folder.iterdir())
 
 
-def assign_folders(sweep_dir: Path, jobs: Sequence[Sequence[str]], wanted: Sequence[str]) -> List[List[str]]:
+def assign_folders(
+    sweep_dir: Path, jobs: Sequence[Sequence[str]], wanted: Sequence[str], resuming: bool = False
+) -> List[List[str]]:
     """Each job's overrides with ``hydra.sweep.subdir`` naming its folder, recorded in sweep.json before any job runs.
 
-    A job that the sweep dir holds already (the same overrides, in any order) gets its folder back; a new
-    one gets its ``wanted`` subdir when no other job has it and it is empty, else the next free one (the
-    next number, or ``-1``, ``-2``, ...). No folder is ever given to two jobs.
+    A job that the sweep dir holds already (the same identity: ``lenet.run.identity``; resumed, but for what a
+    resume may change and the sweep does not vary) gets its folder back; a new one gets its ``wanted`` subdir when
+    no other job has it and it is empty, else the next free one (the next number, or ``-1``, ``-2``, ...). No
+    folder is ever given to two jobs.
     """
-    record = read_sweep_record(sweep_dir)
+    record = read_sweep_record(sweep_dir) or SweepRecord()
     folders = known_jobs(sweep_dir)  # folder -> identity
-    by_identity = {tuple(identity): folder for folder, identity in folders.items()}
+    swept = record.swept
+
+    def match(identity: Sequence[str]) -> tuple:
+        return relaxed(tuple(identity), swept) if resuming else tuple(identity)
+
+    by_identity = {match(identity): folder for folder, identity in folders.items()}
+    given: set = set()
     assigned = []
     for overrides, subdir in zip(jobs, wanted):
         identity = job_identity(overrides)
-        folder = by_identity.get(tuple(identity))
-        if folder is None:
+        folder = by_identity.get(match(identity))
+        if folder is None or folder in given:
             folder, n = subdir, 0
-            while folder in folders or _occupied(sweep_dir / folder):
+            while folder in folders or folder in given or _occupied(sweep_dir / folder):
                 n += 1
                 folder = str(int(subdir) + n) if subdir.isdigit() else f"{subdir}-{n}"
-            by_identity[tuple(identity)], folders[folder] = folder, identity
+            folders[folder] = list(identity)
+            by_identity[match(identity)] = folder
+        given.add(folder)
         assigned.append([*overrides, f"hydra.sweep.subdir={override_value(folder)}"])
-    record["jobs"] = folders
+    record.jobs = folders
     write_sweep_record(sweep_dir, record)
     return assigned
+
+
+def claim_job_folder(job_config: DictConfig) -> None:
+    """Check that a job's folder is new, empty, or holds this very job (held by the caller already)."""
+    from lenet.run.context import job_context
+
+    resuming = bool(OmegaConf.select(job_config, "trainer.resume", default=False)) or job_context().requeueable
+    sweep_dir = Path(str(job_config.hydra.sweep.dir))
+    check_job_folder(job_dir(job_config), list(job_config.hydra.overrides.task), resuming, read_swept_keys(sweep_dir))
 
 
 def refused_job(overrides: Sequence[str], folder: Path, error: Exception) -> JobReturn:
@@ -163,7 +186,7 @@ def run_claimed(hydra_context: Any, task_function: Any, job_config: DictConfig) 
     overrides = list(job_config.hydra.overrides.task)
     try:
         with holding(folder, "hydra.sweep.subdir"):
-            check_job_folder(folder, job_identity(overrides))
+            claim_job_folder(job_config)
             return run_job(
                 hydra_context=hydra_context,
                 task_function=task_function,

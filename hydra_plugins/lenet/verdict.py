@@ -62,6 +62,6 @@ def interrupted(sweep_dir: Path, assigned: Sequence[Sequence[str]]) -> None:
         label = job_label([o for o in overrides if not o.startswith("hydra.")], swept) or "(no overrides)"
         lines.append(f"  {subdir}  {label}  {status}")
     print(f"sweep {sweep_dir} stopped: {len(assigned)} jobs (folder, label, status)", *lines, sep="\n")
-    command = read_sweep_record(sweep_dir).get("command")
-    if command:
-        print(f"continue it with: {command}")
+    record = read_sweep_record(sweep_dir)
+    if record is not None and record.command:
+        print(f"continue it with: {record.command}")

@@ -10,7 +10,7 @@ import torch
 
 from lenet.core.errors import CheckpointError, ConfigError
 from lenet.run.config import changed_keys
-from lenet.run.files import save_atomic
+from lenet.run.files import save_torch
 from lenet.train.callbacks import Callback
 from lenet.train.state import TrainState
 
@@ -50,7 +50,7 @@ class Checkpointing(Callback):
             "wall_seconds": self.wall_seconds_before + time.perf_counter() - self.started,
             "num_threads": self.num_threads,  # CPU results depend on it: a resumed run takes it again
         }
-        save_atomic(state, self.path)  # a crash leaves the previous checkpoint
+        save_torch(state, self.path)  # a crash leaves the previous checkpoint
         self.epochs_saved = run.epoch
 
 

@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lenet.core.errors import ConfigError
+from lenet.run.identity import RESUME_MAY_CHANGE
 
 MAX_GENERATED_IMAGES = 1_000_000  # data.train_size/test_size: about 5 KB of memory each, once preprocessed
 
@@ -238,16 +239,8 @@ def to_typed(cfg: DictConfig) -> Config:
     return typed
 
 
-# keys that may change between a run and its resumption: they do not change its results (a resumed
-# run keeps its thread count from the checkpoint), or must be free to (another device, another data copy)
-RESUME_IGNORES = (
-    "logger",
-    "trainer.resume",
-    "trainer.progress",
-    "device",
-    "data.root",
-    "data.download",
-)
+# keys that may change between a run and its resumption (lenet.run.identity owns them)
+RESUME_IGNORES = RESUME_MAY_CHANGE
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:

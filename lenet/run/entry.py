@@ -7,7 +7,6 @@ the other jobs go on; a completed one returns its ``Outcome``. A signal stops a 
 
 from __future__ import annotations
 
-import datetime
 import logging
 import shlex
 import signal
@@ -25,7 +24,7 @@ from lenet.run.context import job_context
 from lenet.run.folders import holding
 from lenet.run.job import JobInfo
 from lenet.run.lifecycle import run_job
-from lenet.run.outcome import JobFailed, Outcome, Status, status_of, write_summary
+from lenet.run.outcome import JobFailed, Outcome, Status, record_failure, status_of
 from lenet.run.sweep_dir import read_sweep_record
 
 log = logging.getLogger(__name__)
@@ -85,24 +84,13 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> Outcome:
 
 def _failed_summary(job: JobInfo, error: str) -> None:
     """Record a job that failed before training could start (its config did not validate)."""
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    write_summary(
-        job.run_dir,
-        {
-            "status": Status.failed,
-            "error": error,
-            "final_test_acc": None,
-            "best_test_acc": None,
-            "overrides": job.overrides,
-            "started_at": now,
-            "finished_at": now,
-        },
-    )
+    record_failure(job.run_dir, job.overrides, error)
 
 
 def interrupted_message(signal_name: str, run_dir: Path, sweep_dir: Optional[Path] = None) -> str:
     """The line an interrupted run ends with: how to continue it (a sweep's job: its sweep), or that nothing can be."""
-    command = read_sweep_record(sweep_dir).get("command") if sweep_dir is not None else None
+    record = read_sweep_record(sweep_dir) if sweep_dir is not None else None
+    command = record.command if record is not None else None
     if command:
         return (
             f"error: interrupted by {signal_name}; {run_dir} keeps what it finished; continue the sweep with: {command}"

@@ -17,13 +17,16 @@ import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lenet.core.errors import UserError
-from lenet.run.files import write_atomic
+from lenet.run.files import check_writable_name, write_text
+
+if TYPE_CHECKING:
+    from lenet.run.sweep_dir import SweepRecord
 
 LOCK_FILE = ".lenet.lock"
 OWNER_FILE = ".lenet.lock.json"
@@ -59,6 +62,7 @@ def hold(target: Path, key: str, is_file: bool = False) -> bool:
     else:
         lock_file, owner_file = target / LOCK_FILE, target / OWNER_FILE
     lock = FileLock(str(lock_file), timeout=0)
+    check_writable_name(lock_file)  # filelock opens its file with O_TRUNC: never through a link
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
@@ -77,7 +81,7 @@ def hold(target: Path, key: str, is_file: bool = False) -> bool:
         "command": " ".join(sys.argv)[:300],
         "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    write_atomic(owner_file, json.dumps(owner) + "\n")
+    write_text(owner_file, json.dumps(owner) + "\n")
     return True
 
 
@@ -131,19 +135,21 @@ def check_fresh(folder: Path, key: str) -> None:
         )
 
 
-def check_job_folder(folder: Path, identity: list[str]) -> None:
-    """Refuse a sweep job's folder unless it is new, empty, or holds this very job (by its overrides)."""
-    from lenet.run.sweep_dir import job_identity, recorded_overrides
+def check_job_folder(folder: Path, overrides: list[str], resuming: bool, swept: Optional[list[str]]) -> None:
+    """Refuse a sweep job's folder unless it is new, empty, or holds this very job (``lenet.run.identity.same_job``:
+    by its overrides; a resumed job may differ in what a resume may change that its sweep, ``swept``, does not vary)."""
+    from lenet.run.identity import job_identity, same_job
+    from lenet.run.sweep_dir import recorded_overrides
 
     if not _contents(folder):
         return
     recorded = recorded_overrides(folder)
     if recorded is None:
         check_fresh(folder, "hydra.sweep.subdir")
-    elif job_identity(recorded) != identity:
+    elif not same_job(recorded, overrides, resuming, swept):
         raise FolderError(
-            f"{folder} holds another job ({' '.join(recorded) or 'no overrides'}), not this one "
-            f"({' '.join(identity) or 'no overrides'}); it is left as it is"
+            f"{folder} holds another job ({' '.join(job_identity(recorded)) or 'no overrides'}), not this one "
+            f"({' '.join(job_identity(overrides)) or 'no overrides'}); it is left as it is"
         )
 
 
@@ -235,30 +241,22 @@ def describe_changes(saved: dict, current: dict, keys: list[str]) -> str:
     return ", ".join(f"{k}={value(saved, k)} (now {value(current, k)})" for k in keys)
 
 
-def claim_sweep_dir(config: DictConfig, definition: list[str]) -> Path:
+def claim_sweep_dir(config: DictConfig, record: "SweepRecord") -> Path:
     """As ``claim_run_dir``, for a sweep: a dated sweep dir of its own, a named one holding a sweep refused.
 
-    With trainer.resume=true the sweep continues the one in its dir, job by job, if ``definition`` (its
-    overrides and search space) is that sweep's; another one is refused, naming what differs. The sweep
-    dir is held until the process exits. Returns it.
+    With trainer.resume=true the sweep continues the one in its dir, job by job, if ``record`` (what this
+    command sweeps) is that sweep's: the same swept keys and the same settings for everything else (but
+    what a resume may change); a swept key may take other values, and the sweep grows by the new jobs.
+    Another sweep is refused, naming what differs. The sweep dir is held until the process exits. Returns it.
     """
-    from lenet.run.sweep_dir import known_jobs, override_value, read_sweep_definition, split_override
+    from lenet.run.sweep_dir import known_jobs, override_value, read_sweep_record
 
     sweep_dir = Path(config.hydra.sweep.dir)
     if OmegaConf.select(config, "trainer.resume", default=False):
         hold(sweep_dir, "hydra.sweep.dir")
-        recorded = read_sweep_definition(sweep_dir)
-        if recorded is not None and recorded != definition:
-            before, now = dict(map(split_override, recorded)), dict(map(split_override, definition))
-            differ = [
-                f"{k} ({before.get(k, 'not set')}, now {now.get(k, 'not set')})"
-                for k in sorted(set(before) | set(now))
-                if before.get(k) != now.get(k)
-            ]
-            raise FolderError(
-                f"cannot resume the sweep in {sweep_dir}: it was started with other values of {', '.join(differ)}; "
-                "run it with the same overrides, or choose another hydra.sweep.dir"
-            )
+        recorded = read_sweep_record(sweep_dir)
+        if recorded is not None:
+            _check_same_sweep(sweep_dir, recorded, record)
         return sweep_dir
     if _dated(config.hydra.sweep):
         claimed = _move_if_taken(config.hydra.sweep)
@@ -274,3 +272,36 @@ def claim_sweep_dir(config: DictConfig, definition: list[str]) -> Path:
             "with trainer.resume=true, or delete that folder to start over there"
         )
     return sweep_dir
+
+
+def _check_same_sweep(sweep_dir: Path, recorded: "SweepRecord", now: "SweepRecord") -> None:
+    """Refuse to continue the sweep ``recorded`` with a sweep ``now`` that is another one (naming what differs)."""
+    from lenet.run.identity import RESUME_MAY_CHANGE, identity_key, under
+
+    if recorded.kind != now.kind:
+        raise FolderError(
+            f"cannot continue the sweep in {sweep_dir}: it is a {recorded.kind}, this command runs a {now.kind}; "
+            "choose another hydra.sweep.dir"
+        )
+    if set(recorded.swept) != set(now.swept):
+        raise FolderError(
+            f"cannot continue the sweep in {sweep_dir}: it sweeps {', '.join(sorted(recorded.swept)) or 'nothing'}, "
+            f"this command sweeps {', '.join(sorted(now.swept)) or 'nothing'}; a sweep grows by more values of its "
+            "own keys: choose another hydra.sweep.dir for another sweep"
+        )
+
+    def settings(record: "SweepRecord") -> dict[str, str]:
+        kept = (o for o in record.fixed if not under(identity_key(o), RESUME_MAY_CHANGE))
+        return {identity_key(o): o.partition("=")[2] if not o.startswith("~") else "(deleted)" for o in kept}
+
+    before, after = settings(recorded), settings(now)
+    differ = [
+        f"{k}={before.get(k, 'not set')} (now {after.get(k, 'not set')})"
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
+    ]
+    if differ:
+        raise FolderError(
+            f"cannot continue the sweep in {sweep_dir}: it was started with {', '.join(differ)}; run it with the "
+            "same settings (more values of its swept keys are welcome), or choose another hydra.sweep.dir"
+        )

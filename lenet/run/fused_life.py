@@ -76,7 +76,7 @@ def fused_key(record: dict[str, Any]) -> Optional[str]:
     if trainer.get("cuda_graphs") is True:  # asked for its own captured step: a group has one step for all
         return None
     shared = json.loads(json.dumps(record))
-    for key in (*MEMBER_KEYS, *RESUME_IGNORES):
+    for key in (*MEMBER_KEYS, "logger", "trainer.resume", "trainer.progress"):  # what members may differ in
         _drop(shared, key)
     return json.dumps(shared, sort_keys=True)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lenet.run.sweep_dir import job_label, read_swept_keys, split_override
+from lenet.run.identity import key_of
+from lenet.run.sweep_dir import job_label, read_swept_keys
 
 
 @dataclass
@@ -42,7 +43,7 @@ class JobInfo:
     def label_of(self, group: str, node: dict[str, Any]) -> str:
         """What built ``group``'s component: the option chosen, or the ``_target_`` when the command line set it."""
         choice = self.choices.get(group)
-        target_overridden = any(split_override(o)[0] == f"{group}._target_" for o in self.overrides)
+        target_overridden = any(key_of(o) == f"{group}._target_" for o in self.overrides)
         return choice if choice and not target_overridden else str(node.get("_target_"))
 
     @property

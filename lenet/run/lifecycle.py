@@ -7,7 +7,6 @@ three callbacks to the run's own: ``StopOnSignal`` (Ctrl-C, SIGTERM), ``Checkpoi
 
 from __future__ import annotations
 
-import datetime
 import errno
 import logging
 import sys
@@ -29,7 +28,9 @@ from lenet.run.outcome import (
     DiskFull,
     Outcome,
     Status,
+    Summary,
     SummaryError,
+    now,
     outcome_from_summary,
     read_summary,
     status_of,
@@ -102,7 +103,7 @@ def run_job(cfg: Config, job: JobInfo, config_record: dict[str, Any], logger: An
             raise error from None
     finally:
         fill_results(summary, run, checkpointing.epochs_saved if checkpointing else 0)  # what a resume keeps
-        summary.update(wall_seconds=wall_before + time.perf_counter() - started, finished_at=_now())
+        summary.update(wall_seconds=wall_before + time.perf_counter() - started, finished_at=now())
         tracking.finish(summary, exit_code, write=not keep_summary)
     return outcome_from_summary(job.run_dir, summary)
 
@@ -114,7 +115,7 @@ def _continue(
     job: JobInfo,
     config_record: dict[str, Any],
     resume: bool,
-    summary: dict[str, Any],
+    summary: Summary,
 ) -> tuple[int, float]:
     """Set the CPU threads, and continue ``run`` from its checkpoint when resuming; (threads, wall seconds before)."""
     path = job.run_dir / CHECKPOINT_FILE
@@ -165,50 +166,25 @@ def _kept_if_completed(cfg: Config, job: JobInfo, config_record: dict[str, Any])
     return outcome_from_summary(job.run_dir, previous)
 
 
-def new_summary(cfg: Config, job: JobInfo) -> dict[str, Any]:
+def new_summary(cfg: Config, job: JobInfo) -> Summary:
     """The summary of a job about to start: its labels, and None for every result."""
-    return {
-        "status": Status.running,
-        "error": None,
-        "final_test_acc": None,
-        "best_test_acc": None,
-        "best_epoch": None,
-        "final_test_loss": None,
-        "final_train_loss": None,
-        "num_params": None,
-        "epochs": cfg.trainer.epochs,
-        "epochs_completed": 0,
-        "stopped_early": None,
-        "wall_seconds": None,
-        "seconds_per_epoch": None,
-        "overrides": job.overrides,
-        "model": cfg.model.get("name") or job.label_of("model", cfg.model),
-        "pooling": cfg.model.get("pooling"),
-        "loss": job.label_of("loss", cfg.loss),
-        "optimizer": job.label_of("optimizer", cfg.optimizer),
-        "scheduler": job.label_of("scheduler", cfg.scheduler),
-        "callbacks": sorted(cfg.callbacks),
-        "dataset": cfg.data.name,
-        "seed": cfg.seed,
-        "device": None,
-        "cuda_graphs": None,  # on CUDA: whether full batches were replayed as one captured step
-        "cuda_graphs_off": None,  # and if not, why
-        "compile_seconds": None,  # with trainer.compile=true: compiling before the first step
-        "num_threads": None,
-        "num_threads_probe": None,
-        "weights": None,
-        "eval_weights": "model",
-        "image_size": None,
-        "resumed_from_epoch": None,
-        "setup_seconds": None,
-        "startup_seconds": None,
-        "started_at": _now(),
-        "finished_at": None,
-        "torch_version": torch.__version__,
-    }
+    return Summary(
+        epochs=cfg.trainer.epochs,
+        overrides=list(job.overrides),
+        model=cfg.model.get("name") or job.label_of("model", cfg.model),
+        pooling=cfg.model.get("pooling"),
+        loss=job.label_of("loss", cfg.loss),
+        optimizer=job.label_of("optimizer", cfg.optimizer),
+        scheduler=job.label_of("scheduler", cfg.scheduler),
+        callbacks=sorted(cfg.callbacks),
+        dataset=cfg.data.name,
+        seed=cfg.seed,
+        started_at=now(),
+        torch_version=torch.__version__,
+    )
 
 
-def fill_results(summary: dict[str, Any], run: Optional[TrainState], epochs: int) -> None:
+def fill_results(summary: Summary, run: Optional[TrainState], epochs: int) -> None:
     """The results of the run's first ``epochs`` epochs into its summary: accuracies, losses, extra metrics."""
     if run is None or not run.history[:epochs]:
         return
@@ -275,7 +251,3 @@ def _first_job_of_process() -> bool:
     global _jobs_started
     _jobs_started += 1
     return _jobs_started == 1
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -1,28 +1,35 @@
 """How a run ended: the one owner of its status, of ``summary.json`` and of what a sweep learns of a job.
 
-Every reader of a run's outcome goes through here: the run writes its summary with ``write_summary``;
-the sweep's verdict, the Optuna sweeper, the launchers and the tools read ``read_summary`` or, for a
-job of a sweep, ``outcome_of(job_return)``. A job that did not complete raises ``JobFailed`` (Hydra
-then records its ``JobReturn`` as ``JobStatus.FAILED`` with it); one that did returns its ``Outcome``.
+``Summary`` is summary.json, typed: every key a run records is one of its fields (a callback's own keys
+go to ``extra``); it is written only by ``write_summary`` and read only by ``read_summary``, which
+refuses a file whose values are not of their types in one line. The sweep's verdict, the Optuna
+sweeper, the launchers and the tools read a run's outcome through here. A job that did not complete
+raises ``JobFailed`` (Hydra then records its ``JobReturn`` as ``JobStatus.FAILED`` with it); one that
+did returns its ``Outcome``.
 """
 
 from __future__ import annotations
 
-import errno
+import dataclasses
+import datetime
 import json
 import math
-import os
 import signal
+import typing
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from lenet.core.errors import Interrupted, Pruned, UserError
-from lenet.run.files import write_atomic
+from lenet.run.files import FULL_DISK, write_bytes, write_text
 
 SUMMARY_FILE = "summary.json"
-SUMMARY_RESERVE = 8192  # bytes a summary.json keeps, to be rewritten in place when the disk is full
+# a file of this many bytes that a running run keeps beside its summary: on a full disk it is deleted, and the
+# blocks it frees take the summary's last version (summary.json itself holds only its JSON)
+RESERVE_FILE = ".summary.reserve"
+RESERVE_BYTES = 64 * 1024
 
 
 class Status(str, Enum):
@@ -41,7 +48,125 @@ class Status(str, Enum):
 
 
 class SummaryError(UserError):
-    """A summary.json that cannot be read (truncated, corrupt, not ours)."""
+    """A summary.json that cannot be read (truncated, corrupt, not ours, values of the wrong type)."""
+
+
+def now() -> str:
+    """The local time, as summaries record it."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+@dataclass(eq=False)
+class Summary(MutableMapping):
+    """summary.json: a run's labels, how it ended and what it reached. Reads and writes as a dict of its keys."""
+
+    status: Status = Status.running
+    error: Optional[str] = None
+    final_test_acc: Optional[float] = None
+    best_test_acc: Optional[float] = None  # the test accuracy at best_epoch
+    best_epoch: Optional[int] = None  # the epoch of the best selected_on value
+    selected_on: Optional[str] = None  # the metrics key that chose best_epoch (and best.pth)
+    best_value: Optional[float] = None  # its value there
+    final_val_acc: Optional[float] = None
+    best_val_acc: Optional[float] = None
+    final_val_loss: Optional[float] = None
+    final_test_loss: Optional[float] = None
+    final_train_loss: Optional[float] = None
+    num_params: Optional[int] = None
+    epochs: Optional[int] = None
+    epochs_completed: int = 0
+    stopped_early: Optional[str] = None
+    wall_seconds: Optional[float] = None
+    seconds_per_epoch: Optional[float] = None
+    overrides: list = field(default_factory=list)
+    model: Optional[str] = None
+    pooling: Optional[str] = None
+    loss: Optional[str] = None
+    optimizer: Optional[str] = None
+    scheduler: Optional[str] = None
+    callbacks: list = field(default_factory=list)
+    dataset: Optional[str] = None
+    seed: Optional[int] = None
+    split: Optional[dict] = None  # images per split: train, val, test
+    device: Optional[str] = None
+    cuda_graphs: Optional[bool] = None  # on CUDA: whether full batches were replayed as one captured step
+    cuda_graphs_off: Optional[str] = None  # and if not, why
+    compile_seconds: Optional[float] = None  # with trainer.compile=true: compiling before the first step
+    num_threads: Optional[int] = None
+    num_threads_probe: Optional[dict] = None
+    weights: Optional[str] = None  # the final weights file
+    best_weights: Optional[str] = None  # the weights of best_epoch
+    eval_weights: str = "model"
+    image_size: Optional[list] = None
+    resumed_from_epoch: Optional[int] = None
+    fused_with: Optional[int] = None  # trained as one program with this many jobs (hydra/launcher=fused)
+    setup_seconds: Optional[float] = None
+    startup_seconds: Optional[float] = None
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    torch_version: Optional[str] = None
+    extra: dict = field(default_factory=dict)  # keys of its own a callback adds, final_<metric> of extra metrics
+
+    # ------------------------------------------------------------------ a dict of its keys
+    def _fields(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if f.name != "extra"]
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _FIELDS:
+            return getattr(self, key)
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in _FIELDS:
+            setattr(self, key, Status(value) if key == "status" else value)
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in _FIELDS:
+            raise KeyError(f"{key} is a field of every summary")
+        del self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _FIELDS
+        yield from (k for k in self.extra if k not in _FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS) + len(self.extra)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its keys and values as summary.json holds them (the status as its name)."""
+        return {k: (v.value if isinstance(v, Status) else v) for k, v in self.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Summary":
+        """The summary ``data`` records; ValueError naming a key whose value is not of its type."""
+        summary = cls()
+        for key, value in data.items():
+            if key in _FIELDS:
+                _check_type(key, value)
+            summary[key] = value
+        return summary
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Summary) if f.name != "extra")
+_HINTS = typing.get_type_hints(Summary)
+
+
+def _check_type(key: str, value: Any) -> None:
+    hint = _HINTS[key]
+    if key == "status":
+        Status(value)
+        return
+    allowed = tuple(a for a in typing.get_args(hint) if a is not type(None)) or (hint,)
+    origins = tuple(typing.get_origin(a) or a for a in allowed)
+    if value is None and type(None) in typing.get_args(hint):
+        return
+    ok = isinstance(value, origins) and not (isinstance(value, bool) and bool not in origins)
+    if float in origins and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ValueError(f"its {key} is {value!r}, not {' or '.join(o.__name__ for o in origins)}")
 
 
 @dataclass(frozen=True)
@@ -87,51 +212,61 @@ def status_of(error: BaseException) -> tuple[Status, str, int]:
     return Status.failed, f"{type(error).__name__}: {error}", 1
 
 
-def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+def read_summary(run_dir: Path) -> Optional[Summary]:
     """The run's summary.json, or None when there is none; one that cannot be read raises SummaryError."""
     path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        summary = json.loads(path.read_text())
-        Status(summary["status"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not path.is_file():
+            raise ValueError("it is not a file")
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a {type(data).__name__}, not an object")
+        if "status" not in data:
+            raise ValueError("it has no status")
+        return Summary.from_dict(data)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        reason = " ".join(str(e).split())[:200]
         raise SummaryError(
-            f"{path} cannot be read ({type(e).__name__}: {e}); the run's other files may still hold its results"
+            f"{path} cannot be read ({type(e).__name__}: {reason}); the run's other files may still hold its results"
         ) from None
-    return summary
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
     """Write summary.json whole (a reader sees the old one or the new one), even on a full disk.
 
-    The file is padded (with JSON's trailing whitespace) to SUMMARY_RESERVE bytes, so that when the disk is
-    full it can be rewritten in place, in the blocks it already has: a run that fails for want of space
-    still records what it did.
+    While the run runs, a reserve file of RESERVE_BYTES lies beside it; when the disk is full, it is deleted
+    and its blocks take the summary, so a run that fails for want of space still records what it did. It
+    goes once the run has ended.
     """
-    path = Path(run_dir) / SUMMARY_FILE
-    record = {k: (v.value if isinstance(v, Status) else v) for k, v in summary.items()}
+    run_dir = Path(run_dir)
+    record = summary.as_dict() if isinstance(summary, Summary) else Summary.from_dict(summary).as_dict()
     text = json.dumps(record, indent=2) + "\n"
-    text += " " * max(0, SUMMARY_RESERVE - len(text.encode()))
+    reserve = run_dir / RESERVE_FILE
     try:
-        write_atomic(path, text)
+        write_text(run_dir / SUMMARY_FILE, text)
     except OSError as e:
-        if (
-            e.errno not in (errno.ENOSPC, errno.EDQUOT)
-            or not path.is_file()
-            or path.stat().st_size < len(text.encode())
-        ):
+        if e.errno not in FULL_DISK or not reserve.is_file() or reserve.is_symlink():
             raise
-        with open(path, "r+") as f:  # the disk is full: into the blocks the file has
-            f.write(text)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
+        reserve.unlink()  # the disk is full: the reserve's blocks take the summary
+        write_text(run_dir / SUMMARY_FILE, text)
+        return
+    running = record["status"] == Status.running.value
+    if running and not reserve.exists():
+        try:
+            write_bytes(reserve, bytes(RESERVE_BYTES))
+        except OSError as e:
+            if e.errno not in FULL_DISK:
+                raise
+    elif not running and reserve.is_file() and not reserve.is_symlink():
+        reserve.unlink()
 
 
 def outcome_from_summary(run_dir: Path, summary: Mapping[str, Any]) -> Outcome:
     """The outcome a summary records."""
-    return Outcome(Status(summary["status"]), Path(run_dir), summary.get("error"), dict(summary))
+    typed = summary if isinstance(summary, Summary) else Summary.from_dict(summary)
+    return Outcome(typed.status, Path(run_dir), typed.error, typed)
 
 
 def read_outcome(run_dir: Path) -> Outcome:
@@ -145,6 +280,19 @@ def read_outcome(run_dir: Path) -> Outcome:
     return outcome_from_summary(run_dir, summary)
 
 
+def record_failure(run_dir: Path, overrides: list[str], reason: str, status: Status = Status.failed) -> Outcome:
+    """Record that a job ended for ``reason`` without a result of its own (it never started, or its process died):
+    the summary it had, or a new one, with ``status`` and ``reason``. Returns its outcome."""
+    try:
+        summary = read_summary(run_dir) or Summary(started_at=now())
+    except SummaryError:  # unreadable: replaced by what is known
+        summary = Summary()
+    summary.update(status=status, error=reason, overrides=list(overrides), finished_at=now())
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_summary(run_dir, summary)
+    return Outcome(status, Path(run_dir), reason, summary)
+
+
 def outcome_of(job_return: Any) -> Outcome:
     """The outcome of a sweep's job from the ``JobReturn`` its launcher gave back."""
     from hydra.core.utils import JobStatus
@@ -155,7 +303,8 @@ def outcome_of(job_return: Any) -> Outcome:
         from omegaconf import OmegaConf
 
         run_dir = Path(str(OmegaConf.select(hydra_cfg, "hydra.runtime.output_dir", default=run_dir)))
-    value = job_return._return_value  # the attribute: reading return_value raises for a failed job
+    # private: Hydra's public getter writes "Error executing job" to stderr and raises for a failed job
+    value = job_return._return_value
     if job_return.status == JobStatus.COMPLETED and isinstance(value, Outcome):
         return value
     if isinstance(value, JobFailed):

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from lenet.run.files import save_atomic, write_atomic
+from lenet.run.files import save_torch, write_text
 from lenet.run.loggers import Loggers
 from lenet.run.outcome import write_summary
 from lenet.train.callbacks import Callback
@@ -64,7 +64,7 @@ class Tracking(Callback):
         )
 
     def on_fit_end(self, run: TrainState, summary: dict[str, Any]) -> None:
-        save_atomic(run.eval_model.state_dict(), self.weights)  # a crash never leaves a truncated weights file
+        save_torch(run.eval_model.state_dict(), self.weights)  # a crash never leaves a truncated weights file
         summary["weights"] = self.weights.name
         self.loggers.log_file(self.weights, "model")
         best = max(run.history, key=lambda row: row["test_acc"])
@@ -84,7 +84,7 @@ class Tracking(Callback):
         )
 
     def _write_metrics(self, history: list[dict[str, Any]]) -> None:
-        write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+        write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
 
     def finish(self, summary: dict[str, Any], exit_code: int, write: bool = True) -> None:
         """Write summary.json (unless told not to) and finish the loggers, marked failed when ``exit_code`` is not 0."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional
 
+from lenet.core.errors import UserError
+from lenet.run.files import check_writable_name, write_text
 from lenet.tools.comparison_plot import DEFAULT_METRIC, plot
 from lenet.tools.jobs import (
     Job,
@@ -31,7 +34,8 @@ from lenet.tools.jobs import (
 )
 from lenet.tools.stats import MIN_SEEDS, PairedTest, confidence_interval, mean_std, paired_test
 
-BEST_SHOWN = 10  # trials of a search drawn in the figure
+BEST_SHOWN = 10
+OUTPUTS = ("comparison.md", "comparison.csv", "comparison.png")  # trials of a search drawn in the figure
 
 
 def _bounds(metric: str) -> tuple[float, float]:
@@ -175,6 +179,10 @@ def _search_lines(jobs: list[Job], variants: list[Variant], metric: str) -> tupl
 def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAULT_METRIC) -> str:
     """Write comparison.md/.csv/.png for the sweep in ``sweep_dir``, by ``metric``; return the Markdown report."""
     out_dir = out_dir or sweep_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder to write the report into")
+    for name in OUTPUTS:  # before any work: a link or a folder at one of its names is refused
+        check_writable_name(out_dir / name)
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise SystemExit(f"error: no jobs under {sweep_dir} (looked for */.hydra/overrides.yaml); pass a multirun dir")
@@ -208,14 +216,12 @@ def compare(sweep_dir: Path, out_dir: Optional[Path] = None, metric: str = DEFAU
 
 
 def _write(out_dir: Path, report: str, rows: list[dict[str, Any]]) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SystemExit(f"error: --out {out_dir} is a file; give a folder to write the report into")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.md").write_text(report)
-    with open(out_dir / "comparison.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "comparison.md", report)
+    write_text(out_dir / "comparison.csv", table.getvalue())
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -242,7 +248,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"{args.sweep_dir} holds {len(sweeps)} sweeps: one report for each", file=sys.stderr)
     for sweep in sweeps:
         out = args.out / sweep.relative_to(args.sweep_dir) if args.out and len(sweeps) > 1 else args.out
-        print(compare(sweep, out, args.metric))
+        try:
+            print(compare(sweep, out, args.metric))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         print(f"\nwrote comparison.md, comparison.csv and comparison.png to {out or sweep}\n", file=sys.stderr)
 
 

@@ -11,6 +11,7 @@ import statistics
 import textwrap
 from pathlib import Path
 
+from lenet.run.files import save_figure
 from lenet.tools.jobs import Variant, is_fraction, lower_is_better
 from lenet.tools.stats import confidence_interval
 
@@ -104,5 +105,7 @@ def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC, titl
     if handles:
         curve_ax.legend(handles, [textwrap.fill(t, 40) for t in labels], fontsize=8, loc="best")
     fig.suptitle(f"{drawn}: {_text(title)}" if title else drawn, fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -1,8 +1,9 @@
-"""python -m lenet.evaluate RUN_DIR: a run's final weights on its test set, with pictures of what it gets wrong.
+"""python -m lenet.evaluate RUN_DIR: a run's weights on its test set, with pictures of what it gets wrong.
 
 Writes into the run dir: ``evaluation.json`` (test loss and accuracy, per-class accuracy, the
 confusion matrix), ``confusion_matrix.png`` and ``misclassified.png`` (a grid of the misclassified
-test images with their true and predicted labels).
+test images with their true and predicted labels); with ``--weights best``, the same names ending in
+``_best``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from lenet.core.data import load_dataset
 from lenet.core.errors import UserError
 from lenet.core.losses import build_loss
 from lenet.core.metrics import build_metrics
-from lenet.run.tracking import write_atomic
+from lenet.run.files import check_writable_name, save_figure, write_text
 from lenet.tools.inference import Run, add_loading_arguments, load_run
 from lenet.train.loop import evaluate as evaluate_model
 
 GRID_COLUMNS = 10
 MAX_SHOWN = 100  # misclassified images in the grid
+OUTPUTS = (("evaluation", "json"), ("confusion_matrix", "png"), ("misclassified", "png"))
 
 
 def run_cwd(run_dir: Path) -> Path:
@@ -33,12 +35,19 @@ def run_cwd(run_dir: Path) -> Path:
     from omegaconf import OmegaConf
 
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") if hydra_file.is_file() else None
-    return Path(cwd) if cwd else run_dir
+    try:
+        cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") if hydra_file.is_file() else None
+    except Exception:  # not YAML, not Hydra's: where the run started is unknown
+        cwd = None
+    return Path(cwd) if isinstance(cwd, str) and cwd else run_dir
 
 
 def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1000) -> dict[str, Any]:
     """Test loss, accuracy, per-class accuracy and confusion matrix of ``run``'s weights; writes the PNGs too."""
+    suffix = "_best" if run.weights == "best.pth" else ""  # the best weights' files beside the final ones'
+    outputs = [run.run_dir / f"{name}{suffix}.{kind}" for name, kind in OUTPUTS]
+    for path in outputs:  # before any work: a link or a folder at one of its names is refused
+        check_writable_name(path)
     data = run.cfg.data
     root = data_root or Path(data.root).expanduser()
     if not root.is_absolute():
@@ -72,14 +81,12 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
         "confusion_matrix": confusion.tolist(),
         "misclassified": int((predicted != labels).sum()),
         "test_images": len(labels),
-        "weights": run.summary["weights"],
+        "weights": run.weights,
     }
-    write_atomic(run.run_dir / "evaluation.json", json.dumps(report, indent=2) + "\n")
-    _plot_confusion(confusion.numpy(), run.run_dir / "confusion_matrix.png")
+    write_text(outputs[0], json.dumps(report, indent=2) + "\n")
+    _plot_confusion(confusion.numpy(), outputs[1])
     wrong = (predicted != labels).nonzero().flatten()[:MAX_SHOWN]
-    _plot_misclassified(
-        run, test.images[wrong].cpu(), labels[wrong], predicted[wrong], run.run_dir / "misclassified.png"
-    )
+    _plot_misclassified(run, test.images[wrong].cpu(), labels[wrong], predicted[wrong], outputs[2])
     return report
 
 
@@ -113,8 +120,10 @@ def _plot_confusion(confusion: np.ndarray, path: Path) -> None:
         yticks=range(classes),
         title=f"confusion matrix ({int(confusion.sum() - np.trace(confusion))} of {int(confusion.sum())} wrong)",
     )
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _plot_misclassified(
@@ -138,8 +147,10 @@ def _plot_misclassified(
     if not len(images):
         axes.flat[0].set_title("no misclassified test image")
     fig.suptitle(f"misclassified test images (true as predicted), first {len(images)}", fontsize=10)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -150,7 +161,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     add_loading_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        report = evaluate_run(load_run(args.run_dir, args.device, trust=args.trust), args.data_root)
+        report = evaluate_run(
+            load_run(args.run_dir, args.device, trust=args.trust, weights=args.weights), args.data_root
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

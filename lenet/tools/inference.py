@@ -26,6 +26,7 @@ from lenet.core.models import build_model
 from lenet.run.assemble import resolve_device
 from lenet.run.config import Config, register_configs, to_typed
 from lenet.run.outcome import read_summary
+from lenet.run.trust import check_buildable
 from lenet.tools.images import load_image
 
 
@@ -38,6 +39,7 @@ class Run:
     summary: dict[str, Any]
     model: nn.Module
     device: torch.device
+    weights: str = ""  # the weights file loaded (lenet_<dataset>.pth or best.pth)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -78,67 +80,15 @@ class Run:
             )
 
 
-TRUSTED = ("lenet", "torch")  # packages whose components a run dir may name without being trusted explicitly
-
-
-def _modules(names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(n.strip().rstrip(".") for n in names if n.strip())
-
-
-def _within(path: str, modules: Sequence[str]) -> bool:
-    return any(path == m or path.startswith(m + ".") for m in modules)
-
-
-def _targets(node: Any, key: str) -> list[tuple[str, str]]:
-    """(key, target) of every ``_target_`` in a config node, nested ones included."""
-    found = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            found += [(f"{key}._target_", str(v))] if k == "_target_" else _targets(v, f"{key}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            found += _targets(v, f"{key}[{i}]")
-    return found
-
-
-def check_trusted(config: dict, run_dir: Path, trust: Sequence[str] = ()) -> None:
-    """Refuse a run dir whose config would make lenet build code it does not trust, before anything is imported.
-
-    Building a run's model, loss and data may run code (a ``_target_``, ``data.loader``). Trusted: models
-    by registered name; ``_target_``s under ``lenet.`` and ``torch.`` that are ``nn.Module`` classes (or
-    lenet's own model and loss functions); and anything in the modules ``trust`` names (your own code).
-    """
-    trusted = _modules(trust)
-    wanted = _targets(config.get("model"), "model") + _targets(config.get("loss"), "loss")
-    loader = (config.get("data") or {}).get("loader")
-    named = wanted + ([("data.loader", str(loader))] if loader else [])
-    for key, target in named:
-        if _within(target, trusted):
-            continue
-        if key != "data.loader" and _within(target, TRUSTED) and _safe(target):
-            continue
-        raise UserError(
-            f"{run_dir}'s config names {target} ({key}), which lenet does not build unless told to trust it: "
-            f"a run folder from elsewhere could run code through it; if it is yours, pass --trust "
-            f"{target.rsplit('.', 1)[0]} (load_run(..., trust=[...]))"
-        )
-
-
-def _safe(target: str) -> bool:
-    """A trusted package's target that only builds a network or a loss: an nn.Module class, or lenet's own functions."""
-    from hydra.utils import get_object
-
-    try:
-        obj = get_object(target)
-    except Exception:
-        return True  # nothing to run: building it fails in one line later
-    is_module = isinstance(obj, type) and issubclass(obj, nn.Module)
-    return is_module or _within(target, ("lenet.core.models", "lenet.core.losses"))
-
-
 def add_loading_arguments(parser: Any) -> None:
-    """The command-line options of a tool that loads a run: ``--device`` and ``--trust``."""
+    """The command-line options of a tool that loads a run: ``--device``, ``--weights`` and ``--trust``."""
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="final",
+        help="final (default): the last epoch's weights; best: those of the epoch validation chose (best.pth)",
+    )
     parser.add_argument(
         "--trust",
         action="append",
@@ -148,25 +98,34 @@ def add_loading_arguments(parser: Any) -> None:
     )
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str] = ()) -> Run:
-    """Rebuild the model of ``run_dir`` from its config and load its final weights.
+WEIGHTS = ("final", "best")  # which weights of a run: the last epoch's, or those of its best epoch (best.pth)
+MAX_IMAGE_SIDE = 4096  # a run's recorded image size beyond this is not a digit's: refused rather than allocated
 
-    Only what lenet trusts is built (``check_trusted``); ``trust`` names more modules (your own).
+
+def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str] = (), weights: str = "final") -> Run:
+    """Rebuild the model of ``run_dir`` from its config and load its ``weights``: ``final`` (the last epoch's) or
+    ``best`` (the epoch its validation chose, best.pth).
+
+    Only what lenet trusts is built (``lenet.run.trust``); ``trust`` names more modules (your own).
     """
     run_dir = Path(run_dir)
+    if weights not in WEIGHTS:
+        raise UserError(f"weights must be {' or '.join(WEIGHTS)}, got {weights!r}")
     config_file = run_dir / ".hydra" / "config.yaml"
-    summary = read_summary(run_dir) if (run_dir / "summary.json").is_file() else None
+    summary = read_summary(run_dir)
     if not config_file.is_file() or summary is None:
         raise UserError(
             f"{run_dir} is not a run dir: it needs .hydra/config.yaml and summary.json (as train.py writes)"
         )
-    if not summary.get("weights") or not (run_dir / summary["weights"]).is_file():
-        raise UserError(f"{run_dir} holds no final weights (status {summary.get('status')}): only finished runs do")
+    weights_path = _weights_file(run_dir, summary, weights)
+    _check_image_size(run_dir, summary.get("image_size"))
     register_configs()
     try:
-        saved = OmegaConf.load(config_file)
-        check_trusted(OmegaConf.to_container(saved, resolve=False), run_dir, trust)
-        cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), saved))
+        resolved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # judged as it would be built
+        if not isinstance(resolved, dict):
+            raise ValueError("it holds no mapping")
+        check_buildable(resolved, f"{run_dir}'s config", trust)
+        cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), resolved))
     except UserError:
         raise
     except Exception as e:  # a config file that is not one of ours
@@ -176,11 +135,40 @@ def load_run(run_dir: Union[str, Path], device: str = "cpu", trust: Sequence[str
     torch_device = resolve_device(device)
     model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
     try:
-        state = torch.load(run_dir / summary["weights"], map_location=torch_device, weights_only=True)
+        state = torch.load(weights_path, map_location=torch_device, weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # another model's weights, a truncated or foreign file
         reason = " ".join(str(e).split())[:200]
         raise UserError(
-            f"{run_dir / summary['weights']} does not hold this run's model's weights ({type(e).__name__}: {reason})"
+            f"{weights_path} does not hold this run's model's weights ({type(e).__name__}: {reason})"
         ) from None
-    return Run(run_dir, cfg, summary, model.to(torch_device).eval(), torch_device)
+    return Run(run_dir, cfg, summary, model.to(torch_device).eval(), torch_device, weights_path.name)
+
+
+def _weights_file(run_dir: Path, summary: Any, weights: str) -> Path:
+    """The file of the run's ``weights`` (a file name in the run dir, as the summary records it)."""
+    key = "weights" if weights == "final" else "best_weights"
+    name = summary.get(key)
+    if not name:
+        if weights == "best":
+            raise UserError(
+                f"{run_dir} holds no best weights (best.pth): its run selected no best epoch (data.val_size=0, "
+                "or it did not complete); use --weights final"
+            )
+        raise UserError(f"{run_dir} holds no final weights (status {summary.get('status')}): only finished runs do")
+    if Path(name).name != name or name in (".", ".."):
+        raise UserError(f"{run_dir}/summary.json names {name!r} as its {key}, not a file of the run dir")
+    if not (run_dir / name).is_file():
+        raise UserError(f"{run_dir} holds no {name} (its {weights} weights): restore it, or use another run dir")
+    return run_dir / name
+
+
+def _check_image_size(run_dir: Path, size: Any) -> None:
+    if size is None:
+        return
+    ok = isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
+    if not ok or not all(1 <= s <= MAX_IMAGE_SIDE for s in size):
+        raise UserError(
+            f"{run_dir}/summary.json records image_size {size!r}: not the two sides (1 to {MAX_IMAGE_SIDE}) of "
+            "images a run trains on"
+        )

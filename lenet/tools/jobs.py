@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lenet.run.config import RESUME_IGNORES
+from lenet.run.identity import RESUME_MAY_CHANGE, under
 from lenet.run.outcome import Outcome, Status, read_outcome
 from lenet.run.sweep_dir import read_sweep_record, recorded_overrides, short_value, split_override, sweep_jobs
 from lenet.run.tracking import METRICS_FILE
@@ -100,7 +100,8 @@ def is_fraction(key: str) -> bool:
 
 def is_search(sweep_dir: Path) -> bool:
     """Whether the sweep is an Optuna search (each trial one configuration), not a grid of variants."""
-    return read_sweep_record(sweep_dir).get("kind") == "search" or any((sweep_dir / f).is_file() for f in SEARCH_FILES)
+    record = read_sweep_record(sweep_dir)
+    return (record is not None and record.kind == "search") or any((sweep_dir / f).is_file() for f in SEARCH_FILES)
 
 
 def find_sweeps(folder: Path) -> list[Path]:
@@ -150,11 +151,11 @@ def varied_keys(jobs: list[Job], sweep_dir: Path) -> list[str]:
     or what a resume may change."""
 
     def counts(key: str) -> bool:
-        return key != SEED_KEY and not any(key == i or key.startswith(i + ".") for i in RESUME_IGNORES)
+        return key != SEED_KEY and not under(key, RESUME_MAY_CHANGE)
 
-    swept = read_sweep_record(sweep_dir).get("swept")
-    if isinstance(swept, list):
-        return [k for k in swept if counts(k)]
+    record = read_sweep_record(sweep_dir)
+    if record is not None:
+        return [k for k in record.swept if counts(k)]
     keys: list[str] = []
     for job in jobs:
         keys += [k for k in job.overrides if k not in keys]

@@ -24,7 +24,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     add_loading_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        run = load_run(args.run_dir, args.device, trust=args.trust)
+        run = load_run(args.run_dir, args.device, trust=args.trust, weights=args.weights)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     train_one_epoch = old_loop(args.old)
-    train, _ = load_dataset("mnist", args.root, False, "pad", [0.1307], [0.3081], torch.device("cpu"))
+    train = load_dataset("mnist", args.root, False, "pad", [0.1307], [0.3081], torch.device("cpu")).train
     chunk = args.steps * args.batch_size
     total = (args.rounds + 1) * args.steps
     old_model, old_opt, old_sched = recipe(total)

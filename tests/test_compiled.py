@@ -42,7 +42,7 @@ def run_and_settings(backend=None):
     )
     if backend is not None:
         torch._dynamo.reset()
-        settings.forward = torch.compile(model, dynamic=False, backend=backend)
+        run.compiled = torch.compile(model, dynamic=False, backend=backend)
     return run, settings
 
 
@@ -57,8 +57,8 @@ def test_a_compiled_run_compiles_two_graphs_and_trains_as_the_eager_one():
     for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert [r["test_loss"] for r in eager.history] == pytest.approx([r["test_loss"] for r in compiled.history])
-    settings.forward = torch.compile(compiled.model, dynamic=False, backend=backend)
-    settings.forward(settings.train.images[:8])  # the shape the loop keeps from it would compile once more
+    compiled.compiled = torch.compile(compiled.model, dynamic=False, backend=backend)
+    compiled.compiled(settings.train.images[:8])  # the shape the loop keeps from it would compile once more
     assert backend.graphs == 3
 
 
@@ -67,7 +67,7 @@ def test_precompiling_trains_nothing_and_leaves_the_random_states():
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     rng = torch.get_rng_state()
     seconds = precompile(
-        settings.forward, run.model, run.loss_fn, settings.train, settings.test, (32, 64), lambda: autocast(None, False)
+        run.compiled, run.model, run.loss_fn, settings.train, settings.test, (32, 64), lambda: autocast(None, False)
     )
     assert seconds > 0 and run.model.training
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())

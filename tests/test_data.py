@@ -31,8 +31,9 @@ def test_read_idx_round_trips_images_and_labels(tmp_path, gz):
 def test_dataset_is_found_in_torchvision_layout_or_a_flat_folder(tmp_path, layout, gz):
     folder = tmp_path / "MNIST" / "raw" if layout == "torchvision" else tmp_path
     write_mnist(folder, n_train=30, n_test=20, gz=gz)
-    train, test = load_dataset("mnist", tmp_path, False, "pad", 0.1307, 0.3081, CPU)
-    assert train.images.shape == (30, 1, 32, 32) and test.images.shape == (20, 1, 32, 32)
+    splits = load_dataset("mnist", tmp_path, False, "pad", 0.1307, 0.3081, CPU)
+    train, test = splits.train, splits.test
+    assert train.images.shape == (30, 1, 32, 32) and test.images.shape == (20, 1, 32, 32) and splits.val is None
     assert train.labels.dtype == torch.int64 and len(test) == 20
     expected_labels = make_synthetic(20, 12)[1]
     np.testing.assert_array_equal(test.labels.numpy(), expected_labels)
@@ -143,10 +144,35 @@ def test_concurrent_jobs_download_once(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not (REAL_DATA / "MNIST" / "raw").is_dir(), reason="no real MNIST copy beside the repo")
 def test_real_mnist_has_the_official_split_sizes():
-    train, test = load_dataset("mnist", REAL_DATA, False, "pad", 0.1307, 0.3081, CPU)
+    splits = load_dataset("mnist", REAL_DATA, False, "pad", 0.1307, 0.3081, CPU)
+    train, test = splits.train, splits.test
     assert train.images.shape == (60_000, 1, 32, 32) and test.images.shape == (10_000, 1, 32, 32)
+    held = load_dataset("mnist", REAL_DATA, False, "pad", 0.1307, 0.3081, CPU, val_size=5000)
+    assert (len(held.train), len(held.val), len(held.test)) == (55_000, 5_000, 10_000)  # 55k/5k/10k
     assert torch.bincount(test.labels).tolist()[:2] == [980, 1135]  # the official test set's class counts
     assert abs(train.images[:, :, 2:30, 2:30].mean().item()) < 0.01  # normalised with MNIST's own mean/std
+
+
+def test_the_validation_split_is_drawn_once_for_everyone_and_subsets_are_the_same_for_every_run(tmp_path):
+    write_mnist(tmp_path, n_train=300, n_test=100)
+
+    def load(**sizes):
+        return load_dataset("mnist", tmp_path, False, "pad", 0.1307, 0.3081, CPU, **sizes)
+
+    whole, split = load(val_size=0), load(val_size=50)
+    assert (len(split.train), len(split.val), len(split.test)) == (250, 50, 100)
+    rows = {tuple(x.flatten().tolist()) for x in whole.train.images}  # every training image, each once
+    train_rows = {tuple(x.flatten().tolist()) for x in split.train.images}
+    val_rows = {tuple(x.flatten().tolist()) for x in split.val.images}
+    assert not train_rows & val_rows and train_rows | val_rows == rows  # disjoint, together the training set
+    torch.manual_seed(123)  # the run's seed does not move it
+    again = load(val_size=50, train_size=100, test_size=40)
+    assert torch.equal(again.val.images, split.val.images) and (len(again.train), len(again.test)) == (100, 40)
+    assert {tuple(x.flatten().tolist()) for x in again.train.images} <= train_rows
+    with pytest.raises(DataError, match="data.val_size=300 leaves none of its 300 training images"):
+        load(val_size=300)
+    with pytest.raises(DataError, match="data.train_size=260 is more than the 250 training images it has"):
+        load(val_size=50, train_size=260)
 
 
 def test_a_failed_download_is_one_line_naming_the_fix(tmp_path, monkeypatch):
@@ -199,10 +225,12 @@ def test_a_registered_loader_is_a_dataset_and_bad_labels_are_named(monkeypatch):
         return {"train": rgb_images(train_size, seed=1), "test": rgb_images(test_size, seed=2)}
 
     monkeypatch.setitem(data._DATASETS, "tiny", tiny)
-    train, test = load_dataset("tiny", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU, (12, 6), num_classes=4)
+    sizes = {"train_size": 12, "test_size": 6}
+    splits = load_dataset("tiny", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU, **sizes, num_classes=4)
+    train, test = splits.train, splits.test
     assert train.images.shape == (12, 3, 32, 32) and len(test) == 6 and int(train.labels.max()) < 4
     with pytest.raises(DataError, match="labels run from 0 to 3, outside 0..2; set data.num_classes"):
-        load_dataset("tiny", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU, (12, 6), num_classes=3)
+        load_dataset("tiny", Path("unused"), False, "pad", [0.5] * 3, [0.25] * 3, CPU, **sizes, num_classes=3)
     float_labels = {split: (rgb_images(4)[0], np.full(4, 1.5)) for split in ("train", "test")}
     monkeypatch.setitem(data._DATASETS, "floats", lambda: float_labels)
     with pytest.raises(DataError, match="labels must be one integer per image, got float64"):

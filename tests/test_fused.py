@@ -18,14 +18,13 @@ from conftest import (
 
 from hydra_plugins.lenet.fused import groups_of
 from lenet.core.data import Split
-from lenet.core.metrics import build_metrics
 from lenet.core.models import create_model
 from lenet.core.optim import Scheduler
 from lenet.core.schedules import onecycle
-from lenet.run.fused_life import fused_key
+from lenet.run.group import fused_key
 from lenet.train.callbacks import Callbacks
-from lenet.train.fused import FusedGroup, MemberState, fit_fused, fused_train_epoch
-from lenet.train.loop import FitSettings, train_epoch
+from lenet.train.fused import VmappedSteps, draws_random_numbers
+from lenet.train.loop import FitSettings, fit_group, train_epoch, train_epochs
 from lenet.train.state import TrainState
 
 TINY = [
@@ -40,11 +39,15 @@ TINY = [
 LRS = (0.05, 0.1, 0.02)
 
 
-def models(dtype=torch.float64):
+def runs(lrs=LRS, dtype=torch.float64):
+    """One run per lr, each its own model (seeded as a run alone), SGD and one-cycle schedule."""
     built = []
-    for seed in range(len(LRS)):
+    for seed, lr in enumerate(lrs):
         torch.manual_seed(seed)
-        built.append(create_model("lenet5").to(dtype))
+        model = create_model("lenet5").to(dtype)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        generator = torch.Generator().manual_seed(seed)
+        built.append(TrainState(model, opt, Scheduler(onecycle(opt, 30), "step"), F.cross_entropy, generator))
     return built
 
 
@@ -53,65 +56,38 @@ def data(dtype=torch.float64, n=192):
     return Split(torch.randn(n, 1, 32, 32, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g))
 
 
-def test_in_a_fused_group_each_models_gradients_and_updates_are_its_own_alone(monkeypatch):
+def test_in_a_fused_group_each_runs_gradients_and_updates_are_its_own_alone():
     settings = FitSettings(train=data(), test=data(), epochs=1, batch_size=64)
-    fused_models = models()
-    params = [{n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()} for m in fused_models]
-    optimizer = torch.optim.SGD(
-        [{"params": list(p.values()), "lr": lr} for p, lr in zip(params, LRS)], momentum=0.9, weight_decay=5e-4
+    fused, alone = runs(), runs()
+    steps = VmappedSteps(settings)
+    steps.prepare(fused, settings, [Callbacks() for _ in fused])
+    train_epochs(fused, settings, [Callbacks() for _ in fused], steps)
+    for run in alone:  # each alone, from the same start, in its own order
+        train_epoch(run, settings, Callbacks())
+    for a, b in zip(fused, alone):
+        for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-9, msg=name)
+        assert a.step == b.step == 3
+
+
+def test_a_diverging_run_leaves_the_group_and_the_others_go_on():
+    group = runs((0.05, 1e9, 0.05), torch.float32)
+    settings = FitSettings(train=data(torch.float32), test=data(torch.float32), epochs=3, batch_size=64)
+    fit_group(group, settings, [Callbacks() for _ in group], VmappedSteps(settings))
+    assert [type(r.error).__name__ for r in group] == ["NoneType", "DivergedError", "NoneType"]
+    assert "the loss became" in str(group[1].error) and [r.epoch for r in group] == [3, 0, 3]
+
+
+def test_a_model_that_draws_random_numbers_is_found_whatever_its_class():
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return x + torch.randn_like(x) if self.training else x  # no Dropout class anywhere
+
+    quiet, state = create_model("lenet5"), torch.get_rng_state()
+    assert draws_random_numbers(Noisy(), torch.zeros(2, 3)) and not draws_random_numbers(
+        quiet, torch.zeros(2, 1, 32, 32)
     )
-    group = FusedGroup(fused_models[0], [], optimizer, Scheduler(onecycle(optimizer, 30), "step"), F.cross_entropy)
-    for i, p in enumerate(params):
-        group.members.append(MemberState(group, i, p, torch.Generator().manual_seed(i), torch.get_rng_state()))
-    grads = []
-    monkeypatch.setattr(torch.optim.SGD, "step", _recording(torch.optim.SGD.step, grads))
-    fused_train_epoch(group, settings, Callbacks())
-    fused_grads, grads[:] = list(grads), []
-    for i, (model, lr) in enumerate(zip(models(), LRS)):  # each alone, from the same start, in its own order
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-        alone = TrainState(
-            model, opt, Scheduler(onecycle(opt, 30), "step"), F.cross_entropy, torch.Generator().manual_seed(i)
-        )
-        train_epoch(alone, settings, Callbacks())
-        for step, (fused, own) in enumerate(zip(fused_grads, grads)):
-            for name, g in own[0].items():
-                torch.testing.assert_close(fused[i][name], g, rtol=0, atol=1e-9)  # the same gradients, step by step
-        for name, p in model.named_parameters():
-            torch.testing.assert_close(group.members[i].params[name].detach(), p.detach(), rtol=0, atol=1e-9)
-        grads[:] = []
-
-
-def _recording(step, grads):
-    def recorded(self, closure=None):
-        loss = closure()
-        grads.append(
-            [{n: p.grad.clone() for n, p in zip(_names(len(g["params"])), g["params"])} for g in self.param_groups]
-        )
-        return step(self, lambda: loss)
-
-    return recorded
-
-
-def _names(count):
-    return [n for n, _ in create_model("lenet5").named_parameters()][:count]
-
-
-def test_a_diverging_member_leaves_the_group_and_the_others_go_on():
-    fused_models = models(torch.float32)
-    params = [{n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()} for m in fused_models]
-    optimizer = torch.optim.SGD([{"params": list(p.values()), "lr": lr} for p, lr in zip(params, (0.05, 1e9, 0.05))])
-    group = FusedGroup(fused_models[0], [], optimizer, Scheduler(onecycle(optimizer, 30), "step"), F.cross_entropy)
-    for i, p in enumerate(params):
-        group.members.append(MemberState(group, i, p, torch.Generator().manual_seed(i), torch.get_rng_state()))
-    settings = FitSettings(
-        train=data(torch.float32), test=data(torch.float32), epochs=3, batch_size=64, metrics=build_metrics([])
-    )
-    diverged = []
-    fit_fused(
-        group, settings, Callbacks(), {i: Callbacks() for i in range(3)}, lambda m, e: diverged.append((m.index, e))
-    )
-    assert [i for i, _ in diverged] == [1] and "the loss became" in str(diverged[0][1])
-    assert [m.epoch for m in group.members] == [3, 0, 3]
+    assert torch.equal(state, torch.get_rng_state())  # the probe puts the generator back
 
 
 def test_jobs_share_a_program_only_where_they_differ_in_seed_and_optimizer_settings():
@@ -129,7 +105,7 @@ def test_jobs_share_a_program_only_where_they_differ_in_seed_and_optimizer_setti
     other_model = {**base, "model": {"name": "lenet5_classic"}}
     assert fused_key(base) == fused_key(other_seed) != fused_key(other_model)
     assert fused_key({**base, "data": {"root": "b"}}) != fused_key(base)  # other data: another program
-    assert fused_key({**base, "callbacks": {"ema": {}}}) is None  # a loop of its own
+    assert fused_key({**base, "callbacks": {"ema": {}}}) is not None  # callbacks live in every member
     assert fused_key({**base, "trainer": {"cuda_graphs": True}}) is None  # its own captured step
     assert fused_key({**base, "trainer": {"cuda_graphs": "auto"}}) is not None  # the default fuses
     assert groups_of(["a", "b", "a", None, "a"], group_size=2) == [[0, 2], [1], [3], [4]]
@@ -208,7 +184,7 @@ def test_the_one_program_path_records_every_member_as_a_run_alone(tmp_path):
     """The GPU's path (one vmapped step for all), run here on the CPU: each member its own folder and outcome."""
     from conftest import compose_config
 
-    from lenet.run.fused_life import Member, _run_vmapped
+    from lenet.run.group import Member, run_group
     from lenet.run.job import JobInfo
 
     members = []
@@ -216,7 +192,7 @@ def test_the_one_program_path_records_every_member_as_a_run_alone(tmp_path):
         cfg, record = compose_config("data.train_size=256", "trainer.epochs=2", f"seed={seed}", f"optimizer.lr={lr}")
         (tmp_path / str(seed)).mkdir()
         members.append(Member(cfg, JobInfo(run_dir=tmp_path / str(seed), cwd=tmp_path, label=f"seed={seed}"), record))
-    results = _run_vmapped(members)
+    results = run_group(members, mode="vmapped")
     statuses = [read_json(tmp_path / str(n) / "summary.json")["status"] for n in range(3)]
     assert statuses == ["completed", "failed", "completed"] and "the loss became" in str(results[1])
     for n in (0, 2):

@@ -12,7 +12,7 @@ from lenet.core.models import create_model
 from lenet.core.optim import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")
-METRICS = ["epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"]
+METRICS = ["epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 
 
 def option(group, name):
@@ -161,14 +161,18 @@ def test_reduce_on_plateau_watches_a_metric_once_per_epoch():
     cfg = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "patience": 0, "factor": 0.5, "interval": "epoch"}
     optimizer = sgd()
     built = build_scheduler(optimizer, cfg, epochs=3, steps_per_epoch=7, metrics=METRICS)
-    assert built.monitor == "test_loss"
+    assert built.monitor == "val_loss"  # the validation loss: the test set is never what it selects on
     for loss in (1.0, 2.0, 3.0):
-        built.step_epoch({"test_loss": loss})
+        built.step_epoch({"val_loss": loss})
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)  # two epochs without improvement
     with pytest.raises(ConfigError, match="scheduler.interval=epoch"):
         build_scheduler(sgd(), {**cfg, "interval": "step"}, epochs=3, steps_per_epoch=7, metrics=METRICS)
     with pytest.raises(ConfigError, match="scheduler.monitor must be one of"):
         build_scheduler(sgd(), {**cfg, "monitor": "val_los"}, epochs=3, steps_per_epoch=7, metrics=METRICS)
+    without_val = [k for k in METRICS if not k.startswith("val_")]
+    with pytest.raises(ConfigError, match="data.val_size=0 leaves no validation split.*scheduler.monitor=test_loss"):
+        build_scheduler(sgd(), cfg, epochs=3, steps_per_epoch=7, metrics=without_val)
+    assert build_scheduler(sgd(), {**cfg, "monitor": "test_loss"}, 3, 7, without_val).monitor == "test_loss"
 
 
 @pytest.mark.parametrize(

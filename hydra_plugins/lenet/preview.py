@@ -57,13 +57,8 @@ class PreviewLauncher(SetUpLauncher):
 
 def _fused_groups(configs: Sequence[DictConfig], first: int) -> str:
     """How hydra/launcher=fused would train these jobs: which share a program."""
-    from omegaconf import OmegaConf
+    from hydra_plugins.lenet.fused import group_key, groups_of
 
-    from hydra_plugins.lenet.fused import groups_of
-    from lenet.run.fused_life import fused_key
-    from lenet.run.preflight import task_config
-
-    keys = [fused_key(OmegaConf.to_container(task_config(c), resolve=True, enum_to_str=True)) for c in configs]
-    groups = groups_of(keys, group_size=64)
+    groups = groups_of([group_key(c) for c in configs], group_size=64)
     shown = " | ".join(",".join(f"#{first + i}" for i in g) for g in groups)
     return f"with hydra/launcher=fused: {len(groups)} programs ({shown})"

@@ -211,6 +211,48 @@ def _checked_labels(labels: np.ndarray, num_classes: int, name: str, split: str)
     return torch.from_numpy(labels.astype(np.int64))
 
 
+VAL_SPLIT_SEED = 0  # the validation split is drawn once for everyone: the same for every run, variant and seed
+DEFAULT_VAL_IMAGES = 5000  # data.val_size=null: this many, or a tenth of the training images if fewer
+
+
+@dataclass
+class Splits:
+    """A dataset's splits as tensors on the training device: the validation split is None when there is none."""
+
+    train: Split
+    val: Optional[Split]
+    test: Split
+
+
+def validation_count(val_size: Optional[int], training_images: int) -> int:
+    """The images the validation split takes from ``training_images`` (``data.val_size``; null: the default rule)."""
+    return min(DEFAULT_VAL_IMAGES, training_images // 10) if val_size is None else val_size
+
+
+def split_indices(
+    available: int, val_images: int, train_size: Optional[int], name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices into a loader's training split: a fixed random draw (``VAL_SPLIT_SEED``), each in file order.
+
+    The validation split is the same whatever the run's seed; ``train_size`` keeps that many of the rest.
+    """
+    if val_images >= available:
+        raise DataError(
+            f"dataset {name}: data.val_size={val_images} leaves none of its {available} training images to train on; "
+            "lower data.val_size"
+        )
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED)).numpy()
+    train = order[val_images:]
+    if train_size is not None:
+        if train_size > len(train):
+            raise DataError(
+                f"dataset {name}: data.train_size={train_size} is more than the {len(train)} training images it has "
+                f"(beside data.val_size={val_images} for validation); lower it, or set it to null for all"
+            )
+        train = train[:train_size]
+    return np.sort(train), np.sort(order[:val_images])
+
+
 def load_dataset(
     name: str,
     root: Path,
@@ -219,17 +261,31 @@ def load_dataset(
     mean: Union[float, Sequence[float]],
     std: Union[float, Sequence[float]],
     device: torch.device,
-    synthetic_sizes: tuple[int, int] = (2000, 500),
+    train_size: Optional[int] = None,
+    val_size: Optional[int] = 0,
+    test_size: Optional[int] = None,
     size: int = IMAGE_SIDE,
     num_classes: int = 10,
     loader: Optional[str] = None,
-) -> tuple[Split, Split]:
-    """The train and test split of dataset ``name`` (or of ``loader``) as preprocessed tensors on ``device``."""
+) -> Splits:
+    """The splits of dataset ``name`` (or of ``loader``) as preprocessed tensors on ``device``.
+
+    ``train_size`` training images (null: all that the validation split leaves), ``val_size`` validation
+    images drawn from the loader's training split (``split_indices``), ``test_size`` test images (null: all).
+    A loader that generates its images (it takes ``train_size``) is asked for the training and validation
+    images together.
+    """
     load = get_loader(name, loader)
-    available = {"root": root, "download": download, "train_size": synthetic_sizes[0], "test_size": synthetic_sizes[1]}
     accepted, _ = accepted_arguments(load)
+    offered: dict[str, object] = {"root": root, "download": download, "test_size": test_size}
+    generated_val = None
+    if "train_size" in accepted:
+        if train_size is None:
+            raise ConfigError(f"dataset {name} generates its images: set data.train_size (and data.test_size)")
+        generated_val = validation_count(val_size, train_size)
+        offered["train_size"] = train_size + generated_val
     try:
-        arrays = load(**{k: v for k, v in available.items() if k in accepted})
+        arrays = load(**{k: v for k, v in offered.items() if k in accepted})
     except UserError:
         raise
     except Exception as e:  # a loader of the user's own that failed: its error, in one line
@@ -241,20 +297,40 @@ def load_dataset(
             f"dataset {name}: its loader returned {type(arrays).__name__}, not a dict "
             "{'train': (images, labels), 'test': (images, labels)}"
         )
-    splits = []
-    for split in ("train", "test"):
-        if split not in arrays:
-            raise DataError(f"dataset {name}: its loader returned no {split!r} split (it returned {sorted(arrays)})")
-        try:
-            images, labels = (np.asarray(a) for a in arrays[split])
-        except (TypeError, ValueError):
-            raise DataError(f"dataset {name}: its {split!r} split must be a pair (images, labels)") from None
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels) or not len(images):
-            raise DataError(
-                f"dataset {name}: {split} images must be uint8 (N, H, W) or (N, H, W, C) with one label each, "
-                f"got {images.dtype} {images.shape} and {len(labels)} labels"
-            )
+    train_images, train_labels = _checked_arrays(arrays, "train", name)
+    test_images, test_labels = _checked_arrays(arrays, "test", name)
+    val_images = generated_val if generated_val is not None else validation_count(val_size, len(train_images))
+    train_index, val_index = split_indices(
+        len(train_images), val_images, None if generated_val is not None else train_size, name
+    )
+    if test_size is not None and "test_size" not in accepted:
+        test_images, test_labels = test_images[:test_size], test_labels[:test_size]
+
+    def to_split(images: np.ndarray, labels: np.ndarray, split: str) -> Split:
         labels_t = _checked_labels(labels, num_classes, name, split).to(device)
         image_size = (int(images.shape[1]), int(images.shape[2]))
-        splits.append(Split(preprocess(images, resize, mean, std, device, size), labels_t, image_size))
-    return splits[0], splits[1]
+        return Split(preprocess(images, resize, mean, std, device, size), labels_t, image_size)
+
+    whole = len(train_index) == len(train_images)  # no copy of the training images when none are held out
+    train = to_split(
+        train_images if whole else train_images[train_index],
+        train_labels if whole else train_labels[train_index],
+        "train",
+    )
+    val = to_split(train_images[val_index], train_labels[val_index], "val") if len(val_index) else None
+    return Splits(train, val, to_split(test_images, test_labels, "test"))
+
+
+def _checked_arrays(arrays: dict, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in arrays:
+        raise DataError(f"dataset {name}: its loader returned no {split!r} split (it returned {sorted(arrays)})")
+    try:
+        images, labels = (np.asarray(a) for a in arrays[split])
+    except (TypeError, ValueError):
+        raise DataError(f"dataset {name}: its {split!r} split must be a pair (images, labels)") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels) or not len(images):
+        raise DataError(
+            f"dataset {name}: {split} images must be uint8 (N, H, W) or (N, H, W, C) with one label each, "
+            f"got {images.dtype} {images.shape} and {len(labels)} labels"
+        )
+    return images, labels

@@ -1,15 +1,17 @@
-"""Per-epoch metrics on the test set: functions of all its scores and targets, chosen in ``trainer.metrics``.
+"""Per-epoch metrics of the validation and test sets: functions of all their scores and targets (``trainer.metrics``).
 
 A metric is one function ``(scores (N, C), targets (N,)) -> float`` or ``-> dict[str, float]`` (several
 values, e.g. one per class), registered with ``@register_metric`` or named by its dotted import path
-(``my_pkg.metrics.f1``). Its values land in ``metrics.jsonl`` as ``test_<name>`` (``test_<name>_<key>``
-for a dict), in ``summary.json`` as ``final_test_<name>...`` and in every logger. ``accuracy`` is
-always computed (as ``test_acc``); ``trainer.metrics`` lists the others.
+(``my_pkg.metrics.f1``). Its values land in ``metrics.jsonl`` as ``<split>_<name>`` (``val_<name>`` and
+``test_<name>``; ``<split>_<name>_<key>`` for a dict), in ``summary.json`` as ``final_<split>_<name>...``
+and in every logger. ``accuracy`` is always computed (as ``val_acc`` and ``test_acc``); ``trainer.metrics``
+lists the others.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import math
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -41,39 +43,56 @@ def get_metric(name: str) -> Metric:
     )
 
 
-ALWAYS = "accuracy"  # every run records it, as test_acc
-_KEYS = {ALWAYS: "test_acc"}
+ALWAYS = "accuracy"  # every run records it, as val_acc and test_acc
+_KEYS = {ALWAYS: "acc"}
 
 
-def metric_key(name: str) -> str:
-    """The metrics.jsonl key of metric ``name`` (a dotted path's last part): ``test_<name>``; ``test_acc`` for accuracy."""
-    return _KEYS.get(name) or f"test_{name.rsplit('.', 1)[-1]}"
+def metric_key(name: str, split: str = "test") -> str:
+    """The metrics.jsonl key of metric ``name`` (a dotted path's last part) on ``split``: ``test_<name>``, ``val_acc``."""
+    return f"{split}_{_KEYS.get(name) or name.rsplit('.', 1)[-1]}"
 
 
 def build_metrics(names: list[str]) -> dict[str, Metric]:
     """Accuracy and the metrics ``names`` lists, in that order; listing accuracy itself is a ConfigError."""
     if ALWAYS in names:
         raise ConfigError(
-            f"trainer.metrics lists {ALWAYS}, which every run records as test_acc: list only the others, e.g. [top5]"
+            f"trainer.metrics lists {ALWAYS}, which every run records as val_acc and test_acc: list only the others, "
+            "e.g. [top5]"
         )
     return {ALWAYS: get_metric(ALWAYS), **{name: get_metric(name) for name in names}}
 
 
-def compute(metrics: dict[str, Metric], scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Every metric's values on ``scores``, keyed ``test_<name>`` (``test_<name>_<key>`` for several)."""
+def minimised(key: str) -> bool:
+    """Whether a smaller value of metrics.jsonl key ``key`` is the better one (losses, times)."""
+    return "loss" in key or key == "seconds"
+
+
+def best_row(rows: list[dict[str, Any]], key: str) -> Optional[dict[str, Any]]:
+    """The row with the best value of ``key`` (the lowest for a loss, else the highest; the earliest of equals)."""
+    scored = [row for row in rows if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+    if not scored:
+        return None
+    sign = 1 if minimised(key) else -1
+    return min(scored, key=lambda row: sign * row[key])
+
+
+def compute(
+    metrics: dict[str, Metric], scores: torch.Tensor, targets: torch.Tensor, split: str = "test"
+) -> dict[str, float]:
+    """Every metric's values on ``scores``, keyed ``<split>_<name>`` (``<split>_<name>_<key>`` for several)."""
     row: dict[str, float] = {}
     for name, fn in metrics.items():
         value = fn(scores, targets)
         if isinstance(value, dict):
-            row.update({f"{metric_key(name)}_{key}": float(v) for key, v in value.items()})
+            row.update({f"{metric_key(name, split)}_{key}": float(v) for key, v in value.items()})
         else:
-            row[metric_key(name)] = float(value)
+            row[metric_key(name, split)] = float(value)
     return row
 
 
 @register_metric
 def accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of the images whose highest score is their class (``test_acc``, always recorded)."""
+    """Fraction of the images whose highest score is their class (``val_acc``, ``test_acc``: always recorded)."""
     return (scores.argmax(dim=1) == targets).sum().item() / len(targets)  # exact: a count over the count
 
 

@@ -91,7 +91,12 @@ def build_scheduler(
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         if interval != "epoch":
             raise ConfigError("ReduceLROnPlateau steps once per epoch: set scheduler.interval=epoch")
-        monitor = monitor or "test_loss"
+        if monitor is None and "val_loss" not in metrics:
+            raise ConfigError(
+                "ReduceLROnPlateau watches the validation loss, and data.val_size=0 leaves no validation split: set "
+                "data.val_size, or scheduler.monitor=test_loss explicitly (selection on the test set)"
+            )
+        monitor = monitor or "val_loss"
     if monitor is not None and monitor not in metrics:
         raise ConfigError(f"scheduler.monitor must be one of {', '.join(metrics)}, got {monitor!r}")
     if not hasattr(scheduler, "step") or not hasattr(scheduler, "state_dict"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -9,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from lenet.core.errors import CheckpointError, ConfigError
+from lenet.core.metrics import best_row
 from lenet.run.config import changed_keys
 from lenet.run.files import save_torch
 from lenet.train.callbacks import Callback
@@ -28,7 +30,12 @@ CHECKPOINT_KEYS = {
 
 
 class Checkpointing(Callback):
-    """After every epoch, the state of the run (and the config and thread count it depends on) in one file."""
+    """After every epoch, the state of the run (and the config and thread count it depends on) in one file.
+
+    At its first save it checks that every callback's state loads back as a checkpoint is loaded (tensors,
+    numbers, strings and containers of them): one that would not is refused then, naming the callback and the
+    type, rather than at a resume that could no longer read the checkpoint.
+    """
 
     def __init__(
         self,
@@ -42,8 +49,12 @@ class Checkpointing(Callback):
         self.wall_seconds_before = wall_seconds_before
         self.started = time.perf_counter()
         self.epochs_saved = epochs_saved  # the epochs the checkpoint on disk holds (a resume does not train them again)
+        self.checked = False
 
     def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
+        if not self.checked:
+            check_callback_states(run.callbacks)
+            self.checked = True
         state = {
             **run.state_dict(),
             "config": self.config,
@@ -52,6 +63,54 @@ class Checkpointing(Callback):
         }
         save_torch(state, self.path)  # a crash leaves the previous checkpoint
         self.epochs_saved = run.epoch
+
+
+PLAIN = (torch.Tensor, int, float, bool, str, type(None), torch.Size, torch.dtype)
+
+
+def _odd_value(value: Any) -> Optional[Any]:
+    """The first value in ``value`` (containers walked) that is not a tensor, number, string or None."""
+    if isinstance(value, dict):
+        return next((odd for k, v in value.items() for odd in (_odd_value(k), _odd_value(v)) if odd is not None), None)
+    if isinstance(value, (list, tuple)):
+        return next((odd for v in value if (odd := _odd_value(v)) is not None), None)
+    return None if type(value) in PLAIN or isinstance(value, torch.Tensor) else value
+
+
+def check_callback_states(callbacks: Any) -> None:
+    """Refuse (CheckpointError, one line) a callback whose state a checkpoint could not load back."""
+    for name, callback in callbacks.items():
+        if not callable(getattr(callback, "state_dict", None)):
+            continue
+        state = callback.state_dict()
+        odd = _odd_value(state)
+        if odd is None:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            buffer.seek(0)
+            try:
+                torch.load(buffer, weights_only=True)
+                continue
+            except Exception as e:  # torch's safe unpickler names what it refused
+                why = " ".join(str(e).split())[:200]
+        else:
+            why = f"a {type(odd).__module__}.{type(odd).__qualname__} ({odd!r:.60})"
+        raise CheckpointError(
+            f"callbacks.{name} ({type(callback).__name__}) keeps {why} in its state_dict(), which a checkpoint "
+            "cannot load back: keep tensors, Python numbers, strings and lists or dicts of them (e.g. float(x) "
+            "for a numpy number)"
+        )
+
+
+class BestWeights(Callback):
+    """After every epoch that is the best so far by ``key``, its weights (those evaluated) in ``path`` (best.pth)."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+
+    def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
+        if best_row(run.history, self.key) is row:
+            save_torch(run.eval_model.state_dict(), self.path)
 
 
 def _unusable(path: Path, why: str) -> CheckpointError:

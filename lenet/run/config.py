@@ -23,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from lenet.core.errors import ConfigError
 from lenet.run.identity import RESUME_MAY_CHANGE
 
-MAX_GENERATED_IMAGES = 1_000_000  # data.train_size/test_size: about 5 KB of memory each, once preprocessed
+MAX_GENERATED_IMAGES = 1_000_000  # data.train_size/val_size/test_size: about 5 KB of memory each, once preprocessed
+MAX_IMAGE_SIDE = 512  # data.size: far above a LeNet's input, far below what exhausts memory when preprocessed
 
 
 class Resize(Enum):
@@ -68,8 +69,12 @@ class DataConfig:
     std: List[float] = MISSING
     augment: Augment = Augment.none  # of the training batches, on the device
     distort: DistortConfig = field(default_factory=DistortConfig)  # the ranges of augment=distort
-    train_size: int = 2000  # loaders that generate data (synthetic): number of training images
-    test_size: int = 500  # and of test images
+    # images per split: train_size and test_size subsets of the dataset's (null: all), the same for every run; a
+    # loader that generates its images (synthetic) is asked for this many. val_size: drawn from the training images
+    # once for everyone (whatever the seed); null: 5,000 or a tenth of them if fewer; 0: no validation split
+    train_size: Optional[int] = None
+    val_size: Optional[int] = None
+    test_size: Optional[int] = None
 
 
 @dataclass
@@ -107,7 +112,10 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC memory format for the model's activations
     resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
     progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal
-    metrics: List[str] = field(default_factory=list)  # beyond test_acc: lenet.core.metrics names or dotted paths
+    metrics: List[str] = field(default_factory=list)  # beyond accuracy: lenet.core.metrics names or dotted paths
+    # the metrics key whose best epoch is reported (best_epoch, best_test_acc) and kept (best.pth): min for a loss,
+    # else max; a test_* key selects on the test set (said in one warning line); null: no best epoch
+    best: Optional[str] = "val_acc"
 
 
 @dataclass
@@ -171,21 +179,16 @@ def validate(cfg: Config) -> None:
         cfg.data.std,
     )
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "one value per channel, as data.std", cfg.data.mean)
-    _require(cfg.data.size >= 1, "data.size", ">= 1", cfg.data.size)
-    _require(cfg.data.num_classes >= 1, "data.num_classes", ">= 1", cfg.data.num_classes)
-    _require(cfg.data.train_size >= 1, "data.train_size", ">= 1", cfg.data.train_size)
-    _require(cfg.data.test_size >= 1, "data.test_size", ">= 1", cfg.data.test_size)
     _require(all(math.isfinite(v) for v in cfg.data.mean), "data.mean", "finite numbers", cfg.data.mean)
+    _require(1 <= cfg.data.size <= MAX_IMAGE_SIDE, "data.size", f"1..{MAX_IMAGE_SIDE} (pixels a side)", cfg.data.size)
+    _require(cfg.data.num_classes >= 1, "data.num_classes", ">= 1", cfg.data.num_classes)
     limit = MAX_GENERATED_IMAGES
-    _require(
-        cfg.data.train_size <= limit,
-        "data.train_size",
-        f"<= {limit} (generated images, in memory)",
-        cfg.data.train_size,
-    )
-    _require(
-        cfg.data.test_size <= limit, "data.test_size", f"<= {limit} (generated images, in memory)", cfg.data.test_size
-    )
+    for key, value, least in (
+        ("train_size", cfg.data.train_size, 1),
+        ("val_size", cfg.data.val_size, 0),
+        ("test_size", cfg.data.test_size, 1),
+    ):
+        _require(value is None or least <= value <= limit, f"data.{key}", f"null or {least}..{limit}", value)
     graphs = trainer.cuda_graphs
     _require(graphs in ("auto", True, False), "trainer.cuda_graphs", "auto, true or false", graphs)
     _require(

@@ -68,7 +68,12 @@ def parse(override: str) -> tuple[str, str, bool]:
     if parsed.is_delete():
         return key, "", True
     if parsed.is_sweep_override():
-        return key, ",".join(sorted(parsed.sweep_string_iterator())), False
+        from hydra.core.override_parser.types import ChoiceSweep
+
+        value = parsed.value()
+        if isinstance(value, ChoiceSweep) and not value.tags:  # a list of values in any order: the same values
+            return key, ",".join(sorted(parsed.sweep_string_iterator())), False
+        return key, parsed.input_line.partition("=")[2].replace(" ", ""), False  # range(...), interval(...), tag(...)
     return key, _value_text(_canonical(parsed.value())), False
 
 

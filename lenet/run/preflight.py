@@ -1,20 +1,22 @@
 """A config checked as its job would check it, before any folder is made: the schema, and every component built.
 
-The model, optimizer, loss, metrics, callbacks and schedule are built (on the CPU, without data, loggers
-or training), so that a value any of them refuses is one line before a run or a sweep starts: a single
-run that fails here leaves no folder behind, and the preview launcher shows what each job would say.
+The one assembler (``lenet.run.assemble``) builds the model, optimizer, loss, metrics, callbacks and
+schedule (on the CPU, without data, loggers or training) and checks every selection key, so that a value
+any of them refuses is one line before a run or a sweep starts: a single run that fails here leaves no
+folder behind, and the preview launcher shows what each job would say.
 """
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, open_dict
 
 from lenet.core.errors import ConfigError
 from lenet.run.config import Config, to_typed
 
-KNOWN_TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "kmnist": 60_000}  # for the schedule's length
+if TYPE_CHECKING:
+    from lenet.run.assemble import Assembly
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -25,26 +27,16 @@ def task_config(config: DictConfig) -> DictConfig:
     return task
 
 
-def preflight(config: DictConfig) -> Config:
-    """The typed config of ``config`` (a job's, with or without Hydra's node), every component built once."""
-    import torch
+def preflight(config: DictConfig) -> tuple[Config, "Assembly"]:
+    """The typed config of ``config`` (a job's, with or without Hydra's node) and its assembly by the one assembler
+    (on the CPU, without data or loggers): everything a run would build, built once."""
+    from omegaconf import OmegaConf
 
-    from lenet.core.losses import build_loss
-    from lenet.core.metrics import build_metrics, metric_key
-    from lenet.core.models import build_model
-    from lenet.core.optim import build_optimizer, build_scheduler
-    from lenet.run.assemble import METRIC_KEYS, resolve_device
-    from lenet.train.callbacks import build_callbacks
+    from lenet.run.assemble import assemble, resolve_device
 
-    cfg = to_typed(task_config(config))
+    task = task_config(config)
+    cfg = to_typed(task)
     if resolve_device(cfg.device.name).type != "cuda" and cfg.trainer.cuda_graphs is True:
         raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device; device={cfg.device.name} found none here")
-    model = build_model(cfg.model, in_channels=len(cfg.data.mean), num_classes=cfg.data.num_classes)
-    optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
-    build_loss(cfg.loss)
-    metrics = build_metrics(list(cfg.trainer.metrics))
-    build_callbacks(cfg.callbacks)
-    images = KNOWN_TRAIN_SIZES.get(cfg.data.name, cfg.data.train_size)
-    row_keys = METRIC_KEYS + [metric_key(name) for name in metrics]
-    build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, math.ceil(images / cfg.trainer.batch_size), row_keys)
-    return cfg
+    record = OmegaConf.to_container(task, resolve=True, enum_to_str=True)
+    return cfg, assemble(cfg, None, record, with_data=False)

@@ -20,6 +20,7 @@ from lenet.train.state import TrainState
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+BEST_WEIGHTS = "best.pth"  # the weights of the best epoch (trainer.best), beside the final ones
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -52,11 +53,13 @@ class Tracking(Callback):
     def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
         self._write_metrics(run.history)
         self.loggers.log_row(row, step=row["epoch"])
+        val = f"  val_loss {row['val_loss']:.4f}  val_acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
         self.log.info(
-            "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
+            "epoch %d/%d  train_loss %.4f%s  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",
             row["epoch"],
             self.epochs,
             row["train_loss"],
+            val,
             row["test_loss"],
             100 * row["test_acc"],
             row["lr"],
@@ -67,16 +70,25 @@ class Tracking(Callback):
         save_torch(run.eval_model.state_dict(), self.weights)  # a crash never leaves a truncated weights file
         summary["weights"] = self.weights.name
         self.loggers.log_file(self.weights, "model")
-        best = max(run.history, key=lambda row: row["test_acc"])
-        of = "" if run.eval_weights == "model" else f" of the {run.eval_weights} weights"
         early = f"; stopped early: {run.stop_reason}" if run.stop_reason and run.epoch < self.epochs else ""
         threads = f"; {summary['num_threads']} CPU threads" if summary.get("device") == "cpu" else ""
+        if not run.history:  # asked to stop before its first epoch
+            self.log.info(
+                "done before any epoch%s; run dir %s; weights (as initialised) %s", early, self.run_dir, self.weights
+            )
+            return
+        of = "" if run.eval_weights == "model" else f" of the {run.eval_weights} weights"
+        best = ""
+        if summary.get("best_epoch") is not None:
+            best = (
+                f"; best epoch {summary['best_epoch']} by {summary['selected_on']} (test accuracy there "
+                f"{100 * summary['best_test_acc']:.2f}%, weights {BEST_WEIGHTS})"
+            )
         self.log.info(
-            "done: final test accuracy%s %.2f%% (best %.2f%% in epoch %d)%s%s; run dir %s; weights %s",
+            "done: final test accuracy%s %.2f%%%s%s%s; run dir %s; weights %s",
             of,
             100 * run.history[-1]["test_acc"],
-            100 * best["test_acc"],
-            best["epoch"],
+            best,
             early,
             threads,
             self.run_dir,

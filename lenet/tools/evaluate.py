@@ -52,7 +52,7 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
     root = data_root or Path(data.root).expanduser()
     if not root.is_absolute():
         root = run_cwd(run.run_dir) / root
-    _, test = load_dataset(
+    test = load_dataset(
         data.name,
         root,
         False,
@@ -60,13 +60,15 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
         data.mean,
         data.std,
         run.device,
-        synthetic_sizes=(data.train_size, data.test_size),
+        train_size=data.train_size,
+        val_size=data.val_size,
+        test_size=data.test_size,
         size=data.size,
         num_classes=data.num_classes,
         loader=data.loader,
-    )
+    ).test
     loss_fn = build_loss(run.cfg.loss)
-    with torch.no_grad():
+    with torch.inference_mode():
         result = evaluate_model(run.model, loss_fn, test, batch_size, metrics=build_metrics(["per_class_accuracy"]))
         predicted = torch.cat(
             [run.model(test.images[i : i + batch_size]).argmax(1) for i in range(0, len(test), batch_size)]

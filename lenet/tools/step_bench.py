@@ -180,7 +180,7 @@ def bench_steps(
     usual_train_steps(usual_model, usual_opt, usual_batches, warmup, device)
 
     setup_start = time.perf_counter()
-    train, _ = load_dataset("mnist", root, False, "resize", MNIST_MEAN, MNIST_STD, device)
+    train = load_dataset("mnist", root, False, "resize", MNIST_MEAN, MNIST_STD, device).train
     setup_seconds = time.perf_counter() - setup_start
     torch.manual_seed(0)
     model = create_model("lenet5").to(device, memory_format=torch.channels_last)  # as train.py builds it

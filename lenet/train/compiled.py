@@ -55,7 +55,7 @@ def precompile(
         loss.backward()
     if len(test) >= eval_batch:
         model.eval()
-        with torch.no_grad(), autocast():
+        with torch.inference_mode(), autocast():
             forward(test.images[:eval_batch])
     _synchronize(device)
     seconds = time.perf_counter() - started

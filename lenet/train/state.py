@@ -84,6 +84,8 @@ class TrainState:
     notes: dict[str, Any] = field(
         default_factory=dict
     )  # how the loop ran (cuda_graphs, compile_seconds): for the summary
+    compiled: Optional[nn.Module] = None  # the model as called in training and evaluation when torch.compile'd
+    error: Optional[BaseException] = None  # why the run ended early: its loss diverged or its own code raised
 
     def __post_init__(self) -> None:
         if self.eval_model is None:

@@ -250,7 +250,7 @@ def test_previewing_a_search_lists_its_first_trials_and_ends(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "an Optuna search of 20 trials, 2 at a time, maximize final_test_acc" in result.stdout
+    assert "an Optuna search of 20 trials, 2 at a time, maximize final_val_acc" in result.stdout
     assert "#0: " in result.stdout and "#1: " in result.stdout and not (tmp_path / "multirun").exists()
 
 

@@ -181,8 +181,9 @@ def test_optuna_search_finds_the_best_trial(tmp_path):
     summaries = job_summaries(sweep)
     assert len(summaries) == 3 and all(s["status"] == "completed" for s in summaries)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_value"] == max(s["final_test_acc"] for s in summaries)
-    best = next(s for s in summaries if s["final_test_acc"] == results["best_value"])
+    assert results["objective"] == "final_val_acc"  # the search selects on the validation split
+    assert results["best_value"] == max(s["final_val_acc"] for s in summaries)
+    best = next(s for s in summaries if s["final_val_acc"] == results["best_value"])
     overrides = dict(o.split("=", 1) for o in best["overrides"] if o.split("=", 1)[0] in results["best_params"])
     assert {k: float(v) for k, v in overrides.items()} == pytest.approx(
         {k: float(v) for k, v in results["best_params"].items()}
@@ -350,7 +351,7 @@ def test_the_optuna_objective_and_direction_are_any_summary_key_either_way(tmp_p
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.pruner=null",
-        "hydra.sweeper.objective=final_test_loss",
+        "hydra.sweeper.objective=final_val_loss",
         "hydra.sweeper.direction=minimize",
         *fixed,
         "hydra.sweep.dir=sweep",
@@ -359,14 +360,32 @@ def test_the_optuna_objective_and_direction_are_any_summary_key_either_way(tmp_p
     )
     assert result.returncode == 0, result.stderr
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
-    losses = [s["final_test_loss"] for s in job_summaries(tmp_path / "sweep")]
-    assert results["objective"] == "final_test_loss" and results["best_value"] == min(losses) < max(losses)
-    bad = run_train(
-        "-m", "hparams_search=optuna", "hydra.sweeper.objective=test_acc", *fixed, "hydra.sweep.dir=bad", cwd=tmp_path
-    )
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
-    assert "error: hydra.sweeper.objective must be a summary.json key" in bad.stderr
-    assert not (tmp_path / "bad").exists()  # refused before any trial or folder
+    losses = [s["final_val_loss"] for s in job_summaries(tmp_path / "sweep")]
+    assert results["objective"] == "final_val_loss" and results["best_value"] == min(losses) < max(losses)
+    for objective in ("test_acc", "best_test_loss", "final_test_top5"):  # no run of this search records them
+        bad = run_train(
+            "-m",
+            "hparams_search=optuna",
+            f"hydra.sweeper.objective={objective}",
+            *fixed,
+            "hydra.sweep.dir=bad",
+            cwd=tmp_path,
+        )
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+        assert "error: hydra.sweeper.objective must be a number these runs record in summary.json" in bad.stderr
+        assert not (tmp_path / "bad").exists()  # refused before any trial or folder
+    on_test = run_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.objective=final_test_top5",
+        "trainer.metrics=[top5]",
+        *fixed,
+        "hydra.sweep.dir=top5",
+        cwd=tmp_path,
+        timeout=300,
+    )  # recorded once trainer.metrics asks for it; chosen explicitly on the test set, and said so
+    assert on_test.returncode == 0 and "selects on the test set" in on_test.stdout + on_test.stderr, on_test.stderr
 
 
 @pytest.mark.slow

@@ -35,8 +35,16 @@ def study_storage(storage: Optional[str], sweep_dir: Path) -> str:
 
 
 def sqlite_path(url: str) -> Optional[Path]:
-    """The database file of a ``sqlite:///`` URL (None for other storages)."""
-    return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
+    """The database file a ``sqlite:///`` URL names, resolved (its options aside); None for other storages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL sqlalchemy reads: opening it says why
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser().resolve()
 
 
 def _locked(error: BaseException) -> bool:

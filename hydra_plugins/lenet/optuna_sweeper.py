@@ -34,13 +34,16 @@ from lenet.run.outcome import Status, outcome_of
 from lenet.run.sweep_dir import override_value
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("final_test_acc", "best_test_acc", "final_test_loss", "best_test_loss", "final_train_loss")
+ROW_FIGURES = ("epoch", "lr", "seconds")  # row keys that are not results: no objective
+BEST = ("best_value", "best_val_acc", "best_test_acc")  # the summary's figures of the best epoch
 
 
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.lenet.optuna_sweeper.OptunaSweeper"
-    objective: str = "final_test_acc"  # a summary.json key: final_test_acc, best_test_acc, final_test_loss, ...
+    objective: str = (
+        "final_val_acc"  # a summary.json key the run records: final_<row key> (final_val_loss, ...), best_*
+    )
     direction: str = "maximize"  # of the objective: maximize | minimize
     max_failure_rate: float = 1.0  # stop the search once more than this fraction of its finished trials failed
     study_name: str = "lenet"
@@ -77,13 +80,19 @@ def distribution(override: Override) -> Any:
 
 
 def watched(objective: str) -> str:
-    """The metrics.jsonl key whose per-epoch values lead to ``objective`` (``final_test_acc`` -> ``test_acc``)."""
-    return objective.split("_", 1)[1]
+    """The metrics.jsonl key whose per-epoch values lead to ``objective`` (``final_val_acc`` -> ``val_acc``)."""
+    return "val_acc" if objective == "best_value" else objective.split("_", 1)[1]
 
 
-def check_settings(settings: OptunaSweeperConf) -> None:
-    """Refuse settings that cannot run a search, in one line, before any trial."""
-    objective_ok = settings.objective in OBJECTIVES or settings.objective.startswith("final_test_")
+def objectives(row_keys: List[str]) -> List[str]:
+    """The summary keys a run with these metrics rows records as numbers: what a search can optimise."""
+    return [f"final_{k}" for k in row_keys if k not in ROW_FIGURES] + list(BEST)
+
+
+def check_settings(settings: "OptunaSweeperConf", row_keys: List[str]) -> None:
+    """Refuse settings that cannot run a search, in one line, before any trial; say it when it selects on the test
+    set. ``row_keys`` are those of the runs' metrics rows (what they will record)."""
+    known = objectives(row_keys)
     problems = [
         (settings.n_trials >= 1, f"hydra.sweeper.n_trials must be >= 1, got {settings.n_trials}"),
         (settings.n_jobs >= 1, f"hydra.sweeper.n_jobs must be >= 1 (trials launched at once), got {settings.n_jobs}"),
@@ -96,14 +105,18 @@ def check_settings(settings: OptunaSweeperConf) -> None:
             f"hydra.sweeper.max_failure_rate must be in [0, 1], got {settings.max_failure_rate}",
         ),
         (
-            objective_ok,
-            f"hydra.sweeper.objective must be a summary.json key: one of {', '.join(OBJECTIVES)} or "
-            f"final_test_<metric>, got {settings.objective!r}",
+            settings.objective in known,
+            f"hydra.sweeper.objective must be a number these runs record in summary.json: one of {', '.join(known)}; "
+            f"got {settings.objective!r}",
         ),
     ]
     for ok, message in problems:
         if not ok:
             raise ConfigError(message)
+    if "test" in settings.objective:
+        from lenet.run.assemble import warn_test_selection
+
+        warn_test_selection("hydra.sweeper.objective", settings.objective)
 
 
 class OptunaSweeper(Sweeper):
@@ -157,8 +170,8 @@ class OptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         assert self.config is not None
-        check_settings(self.settings)
         space, fixed = self._search_space(arguments)
+        check_settings(self.settings, self._row_keys(fixed))
         if not runs_jobs(self.launcher):
             return self._preview(space, fixed)
         sweep_dir = start_sweep(self.config, self.launcher, kind="search")
@@ -201,7 +214,22 @@ class OptunaSweeper(Sweeper):
                     returns.append(result)
             write_results(study, sweep_dir, self.settings.objective, self.settings.direction)
         self._print_best(study)
-        verdict.report(sweep_dir, returns, unlaunched + self._stopped_early(study))
+        nothing = (
+            [] if self._completed(study) else [f"no trial of the search completed: it has no {self.settings.objective}"]
+        )
+        verdict.report(sweep_dir, returns, unlaunched + self._stopped_early(study) + nothing)
+
+    def _row_keys(self, fixed: List[str]) -> List[str]:
+        """The metrics keys of the search's runs: those of its fixed settings, as the one assembler builds them."""
+        from hydra_plugins.lenet.sweeping import composed_job
+        from lenet.run.preflight import preflight
+
+        try:
+            return preflight(composed_job(self.hydra_context, self.config, fixed, 0))[1].row_keys
+        except UserError:
+            raise
+        except Exception as e:  # Hydra's composition errors come in several kinds
+            raise ConfigError(f"the search's settings ({' '.join(fixed) or 'none'}) do not compose: {e}") from None
 
     def _print_best(self, study: Any) -> None:
         from optuna.trial import TrialState
@@ -256,6 +284,12 @@ class OptunaSweeper(Sweeper):
             why = outcome.error or f"its summary holds no finite {self.settings.objective}"
             study.tell(trial.number, state=TrialState.FAIL)
             log.warning(f"trial {trial.number} failed ({outcome.status.value}: {why}); the search goes on")
+
+    @staticmethod
+    def _completed(study: Any) -> bool:
+        from optuna.trial import TrialState
+
+        return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
     def _failure_rate(self, study: Any) -> float:
         from optuna.trial import TrialState

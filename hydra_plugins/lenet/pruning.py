@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class OptunaPruning(Callback):
     """Reports ``monitor`` of each epoch's row to trial ``trial`` of the study; stops the run when it is pruned."""
 
-    def __init__(self, study_name: str, storage: str, trial: int, pruner: Any, monitor: str = "test_acc"):
+    def __init__(self, study_name: str, storage: str, trial: int, pruner: Any, monitor: str = "val_acc"):
         # pruner: an optuna pruner, which Hydra builds from the node the sweeper passes
         self.study_name, self.storage, self.number, self.pruner = study_name, storage, trial, pruner
         self.monitor = monitor

@@ -33,14 +33,19 @@ def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
     run_dir = only_dir("outputs/*/*", tmp_path)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", str(run_dir.relative_to(tmp_path / "outputs")))
     assert re.search(
-        r"epoch 1/1\s+train_loss [\d.]+\s+test_loss [\d.]+\s+test_acc [\d.]+%", result.stdout + result.stderr
+        r"epoch 1/1\s+train_loss [\d.]+\s+val_loss [\d.]+\s+val_acc [\d.]+%\s+test_loss [\d.]+\s+test_acc [\d.]+%",
+        result.stdout + result.stderr,
     )
 
     (row,) = read_jsonl(run_dir / "metrics.jsonl")
     assert row["epoch"] == 1 and 0 <= row["test_acc"] <= 1 and row["seconds"] > 0 and row["lr"] > 0
-    assert {"train_loss", "test_loss"} <= set(row)
+    assert {"train_loss", "val_loss", "val_acc", "test_loss"} <= set(row)
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "completed" and summary["final_test_acc"] == row["test_acc"] == summary["best_test_acc"]
+    assert (
+        summary["selected_on"] == "val_acc" and summary["best_val_acc"] == row["val_acc"] and summary["best_epoch"] == 1
+    )
+    assert summary["split"] == {"train": 512, "val": 200, "test": 256} and (run_dir / "best.pth").is_file()
     assert summary["num_params"] == 61_706 and summary["epochs"] == 1 and summary["wall_seconds"] > 0
     assert summary["overrides"] == [*FAST, "trainer.epochs=1"]
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == summary["overrides"]
@@ -51,7 +56,8 @@ def test_one_epoch_run_writes_metrics_summary_and_weights(tmp_path):
     assert "progress" not in result.stderr and "batch/s" not in result.stderr  # no bar when not on a terminal
     acc = 100 * row["test_acc"]
     threads = f"{summary['num_threads']} CPU threads"  # results on the CPU depend on it
-    done = f"done: final test accuracy {acc:.2f}% (best {acc:.2f}% in epoch 1); {threads}; run dir {run_dir}"
+    best = f"best epoch 1 by val_acc (test accuracy there {acc:.2f}%, weights best.pth)"
+    done = f"done: final test accuracy {acc:.2f}%; {best}; {threads}; run dir {run_dir}"
     assert done in result.stdout + result.stderr  # the run says where it went
     assert f"weights {run_dir / 'lenet_synthetic.pth'}" in result.stdout + result.stderr
 

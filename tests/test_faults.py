@@ -287,7 +287,7 @@ def test_a_loader_returning_nothing_and_a_logger_that_cannot_start_are_one_line(
 def test_a_full_disk_mid_run_fails_in_one_line_and_leaves_the_summary_of_what_was_done(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:

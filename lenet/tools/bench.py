@@ -95,6 +95,8 @@ def bench_process(
                 "optimizer=adam",
                 "scheduler=none",
                 "data.resize=resize",
+                "data.val_size=0",  # the usual script trains on every training image and validates on none
+                "trainer.best=null",
                 f"logger={logger}",
                 f"device={device}",
                 f"seed={r}",

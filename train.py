@@ -14,9 +14,9 @@ signals.install()  # first: a Ctrl-C or SIGTERM from here on stops the run clean
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lenet.core.errors import shorten_hydra_errors  # noqa: E402
 from lenet.run.config import register_configs  # noqa: E402
 from lenet.run.extras import check_extras  # noqa: E402
+from lenet.run.hydra_errors import shorten_hydra_errors  # noqa: E402
 from lenet.run.resuming import with_own_overrides  # noqa: E402
 
 register_configs()

@@ -1,5 +1,6 @@
 """train.py end to end, in a subprocess, the way a user types it."""
 
+import os
 import re
 from pathlib import Path
 
@@ -139,8 +140,28 @@ def test_config_mistakes_end_in_a_clear_message(tmp_path, args, fragments):
 def test_missing_data_without_download_names_the_folder(tmp_path):
     result = run_train("data.root=nowhere", "data.download=false", cwd=tmp_path)
     assert_one_line_error(result, "error: mnist not found", str(tmp_path / "nowhere" / "MNIST" / "raw"), "data.root")
-    summary = read_json(only_dir("outputs/*/*", tmp_path) / "summary.json")
-    assert summary["status"] == "failed" and "not found" in summary["error"]
+    assert not (tmp_path / "outputs").exists()  # refused before the run has a folder
+
+
+@pytest.mark.slow
+def test_a_failed_download_and_online_logging_without_credentials_leave_no_folder_behind(tmp_path):
+    offline = tmp_path / "offline"  # torchvision's mirrors, pointed at a port where nothing answers
+    offline.mkdir()
+    (offline / "sitecustomize.py").write_text(
+        "import torchvision.datasets\ntorchvision.datasets.MNIST.mirrors = ['http://127.0.0.1:9/']\n"
+    )
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "notes.txt").write_text("mine")
+    env = {"PYTHONPATH": f"{offline}:{os.environ.get('PYTHONPATH', '')}"}
+    failed = run_train("data.root=mydata", "logger=none", cwd=tmp_path, env=env)
+    raw = tmp_path / "mydata" / "MNIST" / "raw"
+    assert_one_line_error(failed, f"error: mnist is not in {raw} and {tmp_path / 'mydata'}", "data.download=false")
+    assert [p.name for p in (tmp_path / "mydata").iterdir()] == ["notes.txt"]  # no lock, no folders left
+    online = run_train(
+        "data=synthetic", "logger.wandb.mode=online", cwd=tmp_path, env={"HOME": str(tmp_path), "WANDB_API_KEY": ""}
+    )
+    assert_one_line_error(online, "error: logger.wandb.mode=online needs W&B credentials")
+    assert not (tmp_path / "outputs").exists()  # neither left a run folder (nor a W&B run to upload)
 
 
 @pytest.mark.slow

@@ -189,11 +189,14 @@ def test_a_failed_download_is_one_line_naming_the_fix(tmp_path, monkeypatch):
         locate_raw(tmp_path / "typo" / "data", "mnist", download=True)
     message = str(e.value)
     assert "\n" not in message and "urlopen error" in message and "point data.root at a copy" in message
+    assert f"mnist is not in {tmp_path / 'typo' / 'data' / 'MNIST' / 'raw'} and" in message  # where it looked
+    assert "data.download=false" in message
     assert list(tmp_path.iterdir()) == []  # the mistyped root's folders are gone again
     (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
     with pytest.raises(DataError):
         locate_raw(tmp_path / "kept", "mnist", download=True)
-    assert (tmp_path / "kept").is_dir()  # a folder that was there before stays
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]  # a folder that was there stays as it was
 
 
 def rgb_images(n, side=28, seed=0):

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -331,3 +332,62 @@ def test_a_damaged_sweep_record_is_rebuilt_or_refused_never_taken_for_no_sweep(t
         run_train("-m", "seed=0,1", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=true", cwd=tmp_path),
         "sweep.json is damaged (it holds a list, not an object)",
     )
+
+
+@pytest.mark.slow
+def test_a_bug_in_your_own_code_keeps_its_traceback_in_train_log_and_is_one_line_on_stderr(tmp_path):
+    (tmp_path / "my_nets.py").write_text(
+        "import torch\n\n\nclass Buggy(torch.nn.Module):\n"
+        "    def __init__(self, in_channels=1, num_classes=10):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(None + 1, num_classes)\n"
+    )
+    overrides = ["+model._target_=my_nets.Buggy", "~model.name", "~model.pooling", *TINY, "hydra.run.dir=run"]
+    result = run_train(*overrides, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    one_line(result, "TypeError: unsupported operand", "my_nets.py:7", "the run failed on a bug")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and 'my_nets.py", line 7' in log  # the bug, where it is
+
+
+@pytest.mark.slow
+def test_a_callback_may_stop_the_run_from_any_hook_even_before_its_first_epoch(tmp_path):
+    (tmp_path / "stops.py").write_text(
+        "from lenet.train.callbacks import Callback\n\n\nclass StopAtOnce(Callback):\n"
+        "    def on_fit_start(self, run):\n        run.request_stop('nothing to do')\n"
+    )
+    overrides = ["+callbacks.stop._target_=stops.StopAtOnce", *TINY, "hydra.run.dir=run"]
+    result = run_train(*overrides, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 0
+    assert summary["stopped_early"] == "nothing to do" and (tmp_path / "run" / "lenet_synthetic.pth").is_file()
+
+
+@pytest.mark.slow
+def test_odd_values_in_a_run_dir_are_one_line_for_evaluate_and_predict(tmp_path):
+    from conftest import finished_run
+
+    run_dir = finished_run(tmp_path / "run", "trainer.epochs=1", "data.train_size=128")
+    summary = read_json(run_dir / "summary.json")
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(image)
+
+    def tool(name, *args):
+        return subprocess.run(
+            [sys.executable, "-m", f"lenet.{name}", str(run_dir), *args], capture_output=True, text=True, cwd=tmp_path
+        )
+
+    (run_dir / ".hydra" / "hydra.yaml").write_text(":::\n\t- not yaml [")  # where it started: unknown, not a crash
+    assert tool("evaluate").returncode == 0
+    for odd, fragment in (
+        ({"weights": 42}, "its weights is 42, not str"),
+        ({"weights": "../../elsewhere.pth"}, "not a file of the run dir"),
+        ({"image_size": [100000, 100000]}, "records image_size [100000, 100000]"),
+        ({"status": "done"}, "summary.json cannot be read"),
+    ):
+        (run_dir / "summary.json").write_text(json.dumps({**summary, **odd}))
+        one_line(tool("predict", str(image)), fragment)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert tool("predict", str(image)).returncode == 0

@@ -30,14 +30,16 @@ class OptunaPruning(Callback):
 
         try:
             study = optuna.load_study(study_name=self.study_name, storage=self.storage, pruner=self.pruner)
-            trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False) if t.number == self.number]
+            storage = optuna.storages.get_storage(self.storage)
+            study_id = storage.get_study_id_from_name(self.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+        except KeyError:
+            log.warning("trial %d is not in study %s: it is not pruned", self.number, self.study_name)
+            return
         except Exception as e:  # the trial still runs to its end: pruning only saves time
             log.warning("trial %d cannot reach its study (%s: %s): it is not pruned", self.number, type(e).__name__, e)
             return
-        if not trial_ids:
-            log.warning("trial %d is not in study %s: it is not pruned", self.number, self.study_name)
-            return
-        self.trial = optuna.trial.Trial(study, trial_ids[0])
+        self.trial = optuna.trial.Trial(study, trial_id)
 
     def on_epoch_end(self, run: Any, row: Dict[str, Any]) -> None:
         if self.trial is None or row["epoch"] >= run.config["trainer"]["epochs"]:  # the last epoch: it completed

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 
-from hydra_plugins.lenet.sweeping import composed_job, run_claimed
+from hydra_plugins.lenet.sweeping import SetUpLauncher, composed_job, run_claimed
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class SerialLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="lenet_basic", node=SerialLauncherConf, provider="lenet")
 
 
-class SerialLauncher(BasicLauncher):
+class SerialLauncher(SetUpLauncher):
     """Runs the jobs one after another in this process, each in the folder it claimed."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

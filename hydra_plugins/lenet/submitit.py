@@ -60,6 +60,8 @@ class _JobByJob(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As the plugin's ``launch`` (submit the array, wait), collecting each job's result on its own."""
+        # the plugin's launch is repeated here up to the submission: it collects the results in one comprehension
+        # that ends the sweep at the first dead job, and offers no seam between submitting and collecting
         import submitit
 
         assert self.config is not None
@@ -151,7 +153,9 @@ class LocalLauncher(_JobByJob):
     keeps_sigterm = False  # no pre-emption here: SIGTERM stops a job, as it stops a run
 
     def _interrupt(self, job: Any) -> None:
-        if job._process is not None:  # the job's controller, which passes SIGTERM on to the job
+        # private: submitit's public cancel() sends SIGINT, which its local controller does not pass on to the job;
+        # SIGTERM to the controller is passed on
+        if job._process is not None:
             job._process.send_signal(signal.SIGTERM)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -194,7 +198,9 @@ def _squeue_watcher_class() -> Any:
         """submitit's watcher, asking squeue (jobs seen in the last MinJobAge seconds) in sacct's format.
 
         Without it, on a cluster without accounting every poll warns that sacct failed, and a job that died
-        without a result is never seen to end.
+        without a result is never seen to end. submitit has no public seam for the command its watcher runs:
+        this overrides its private ``_make_command`` and reads the job ids it tracks (``_registered``,
+        ``_finished``), and ``SlurmJob.watcher`` is replaced keeping its ``_delay_s``.
         """
 
         def _make_command(self) -> Any:

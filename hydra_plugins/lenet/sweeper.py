@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Sequence
 
+# Hydra's basic sweeper has no public import path; lenet's extends it (its split_arguments: every combination)
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,7 +41,8 @@ class LenetBasicSweeper(BasicSweeper):
         """Run every job (a failed one does not stop the others); print the verdict; exit 1 if one did not complete."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        batches = self.split_arguments(parser.parse_overrides(self._parse_config() + arguments), self.max_batch_size)
+        params = [f"{k}={v}" for k, v in (self.params or {}).items()]  # the sweeper's params as overrides
+        batches = self.split_arguments(parser.parse_overrides(params + arguments), self.max_batch_size)
         jobs = [list(job) for batch in batches for job in batch]
         tic = time.perf_counter()
         wanted = composed_subdirs(self.hydra_context, self.config, jobs)  # before any job runs or file is written

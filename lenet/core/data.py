@@ -185,6 +185,7 @@ def _idx_dataset(name: str) -> Loader:
 
     load.__name__ = load.__qualname__ = name
     load.__doc__ = f"{name} from its four IDX files (torchvision's layout or a flat folder), downloaded if allowed."
+    load.locate = lambda root, download: locate_raw(root, name, download)  # type: ignore[attr-defined]
     return load
 
 
@@ -253,6 +254,17 @@ def split_indices(
     return np.sort(train), np.sort(order[:val_images])
 
 
+def locate_dataset(name: str, root: Path, download: bool, loader: Optional[str] = None) -> None:
+    """Make sure a dataset's files are there (downloading them if allowed) without reading them; DataError if not.
+
+    For loaders that say where their files are (a ``locate(root, download)`` attribute, as the IDX datasets have);
+    the others are checked when they load.
+    """
+    locate = getattr(get_loader(name, loader), "locate", None)
+    if callable(locate):
+        locate(root, download)
+
+
 def load_dataset(
     name: str,
     root: Path,
@@ -288,7 +300,7 @@ def load_dataset(
         arrays = load(**{k: v for k, v in offered.items() if k in accepted})
     except UserError:
         raise
-    except Exception as e:  # a loader of the user's own that failed: its error, in one line
+    except (OSError, ValueError) as e:  # its files or their contents: one line (a bug in it keeps its traceback)
         raise DataError(
             f"dataset {name}: its loader failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
         ) from None

@@ -2,8 +2,10 @@
 
 A node names its callable with ``_target_`` and holds that callable's own arguments; the harness
 adds what only it knows at run time (the model's parameters, the run's length). A target that
-cannot be found, an argument it does not take or a value it refuses ends in one ``ConfigError``
-line naming the key, instead of a traceback.
+cannot be found, an argument it does not take or a value it refuses (a ``ValueError``, as torch's
+and lenet's own checks raise) ends in one ``ConfigError`` line naming the key. Any other exception
+raised inside the callable once its arguments were accepted is a bug, and stays one: its traceback
+is kept.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, A
     """``bound(*args, **offered)``, offering only what it accepts and its config does not set.
 
     The arguments are checked against the callable's signature first (``bind_partial``): one it does not
-    take, or a required one missing, is a ConfigError naming ``key``'s keys. A ``TypeError`` or
-    ``ValueError`` raised by the call itself (a value it refuses) is one too.
+    take, or a required one missing, is a ConfigError naming ``key``'s keys. A ``ValueError`` raised by the
+    call itself (a value it refuses) is one too; any other exception is raised as it is (a bug).
     """
     accepted, any_keyword = accepted_arguments(bound.func)
     name = target_name(bound)
@@ -101,7 +103,7 @@ def call(bound: functools.partial, key: str, *args: Any, offered: Mapping[str, A
             )
     try:
         return bound(*args, **extra)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         settings = ", ".join(f"{k}={v!r}" for k, v in bound.keywords.items())
         raise ConfigError(
             f"{key} {name} refused its arguments ({settings}): {e}; fix it with {key}.KEY=VALUE"

@@ -114,9 +114,11 @@ def _download(root: Path, dataset: str) -> None:
                 cls(staging, train=train, download=True)
         except Exception as e:  # network errors come in many types
             reason = " ".join(str(e).split())  # torchvision's message spans lines; the error is one
+            looked_in = " and ".join(str(d) for d in candidate_dirs(root, dataset))
             raise DataError(
-                f"downloading {dataset} into {root} failed ({type(e).__name__}: {reason}); put the four IDX files "
-                f"in {raw} or point data.root at a copy"
+                f"{dataset} is not in {looked_in}, and downloading it there failed ({type(e).__name__}: {reason}); "
+                f"put the four IDX files in {raw} or point data.root at a copy (data.download=false then uses only "
+                "the files there)"
             ) from None
         raw.mkdir(parents=True, exist_ok=True)
         for path in (Path(staging) / TORCHVISION_FOLDERS[dataset] / "raw").iterdir():
@@ -157,15 +159,19 @@ def _locate_raw(root: Path, dataset: str, download: bool) -> dict[str, tuple[Pat
         # concurrent sweep jobs must not download into the same folder at once
         root.mkdir(parents=True, exist_ok=True)
         lock = root / f".{dataset}.download.lock"
+        made_lock = not lock.exists()
         try:
-            with FileLock(lock):
-                found = _find_split_files(root, dataset)  # another job may have fetched it meanwhile
-                if found is None:
-                    _download(root, dataset)
-                    found = _find_split_files(root, dataset)
+            try:
+                with FileLock(lock):
+                    found = _find_split_files(root, dataset)  # another job may have fetched it meanwhile
+                    if found is None:
+                        _download(root, dataset)
+                        found = _find_split_files(root, dataset)
+            finally:
+                if made_lock:  # the user's folder keeps only the data: the lock goes once no one needs it
+                    lock.unlink(missing_ok=True)
         except DataError:
             if created is not None:  # a mistyped data.root leaves no folders behind
-                lock.unlink(missing_ok=True)
                 _remove_empty_folders(created)
             raise
     if found is None:

@@ -29,7 +29,7 @@ from lenet.core.models import build_model
 from lenet.core.optim import build_optimizer, build_scheduler
 from lenet.run.config import Config, Precision
 from lenet.run.job import JobInfo
-from lenet.run.loggers import build_loggers
+from lenet.run.loggers import build_loggers, check_loggers
 from lenet.run.tracking import Tracking
 from lenet.train.callbacks import build_callbacks
 from lenet.train.compiled import compile_model
@@ -121,7 +121,9 @@ def assemble(
     callbacks = build_callbacks(cfg.callbacks)
     row_keys = row_keys_of(cfg, metrics, has_val=cfg.data.val_size != 0)
     check_selection(cfg, row_keys + callbacks.row_keys(), callbacks, warn=with_data)
-    if tracking is not None:  # before the data, so that a logger that cannot start (W&B online) fails first
+    if tracking is None:
+        check_loggers(cfg.logger)
+    else:  # before the data, so that a logger that cannot start (W&B online) fails first
         tracking.loggers = build_loggers(
             cfg.logger,
             {

@@ -221,9 +221,9 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     if dataclasses.is_dataclass(schema):
         known = {f.name for f in dataclasses.fields(schema)}
         unknown = [f"{prefix}{k}" for k in node.keys() if k not in known]
-    for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and f"{prefix}{key}" not in unknown:
+    for key, child in node.items_ex(resolve=False):
+        # a node that holds null (it compares equal to None) has nothing inside to check
+        if isinstance(child, DictConfig) and child != None and f"{prefix}{key}" not in unknown:  # noqa: E711
             unknown += _unknown_keys(child, f"{prefix}{key}.")
     return unknown
 

@@ -1,8 +1,10 @@
 """The Hydra adapter: run the job Hydra composed and end it as its kind of run needs.
 
-A single run ends a failure in one ``error:`` line and a non-zero exit (a traceback only for a bug). A
-job of a sweep raises ``JobFailed``, so that Hydra records it as ``JobStatus.FAILED`` with its error and
-the other jobs go on; a completed one returns its ``Outcome``. A signal stops a sweep: it exits.
+A single run ends a failure in one ``error:`` line and a non-zero exit; a bug (an exception that is not a
+``UserError``: in lenet's code or the user's own) keeps its traceback in the run's train.log, and the line
+names it and where it was raised. A job of a sweep raises ``JobFailed``, so that Hydra records it as
+``JobStatus.FAILED`` with its error and the other jobs go on; a completed one returns its ``Outcome``. A
+signal stops a sweep: it exits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import shlex
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -71,8 +74,12 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> Outcome:
         if job.multirun:
             log.exception("job failed")
             raise JobFailed(Outcome(Status.failed, job.run_dir, status_of(e)[1])) from None
-        _to_log_file("the run failed with this traceback:", exc_info=True)
-        raise
+        _to_log_file("the run failed on a bug; its traceback:", exc_info=True)
+        print(
+            f"error: {bug_line(e)}; the run failed on a bug: its traceback is in {job.run_dir / 'train.log'}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
     name = signals.pending_name()
     if name and not job_context().sweep_handles_signals:
         message = f"error: interrupted by {name} as the run finished: it completed (results in {job.run_dir})"
@@ -85,6 +92,13 @@ def _run_and_report(cfg: DictConfig, job: JobInfo) -> Outcome:
 def _failed_summary(job: JobInfo, error: str) -> None:
     """Record a job that failed before training could start (its config did not validate)."""
     record_failure(job.run_dir, job.overrides, error)
+
+
+def bug_line(error: BaseException) -> str:
+    """A bug in one line: the exception, and where it was raised (the innermost frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (raised in {frames[-1].filename}:{frames[-1].lineno}, {frames[-1].name})" if frames else ""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}{where}"
 
 
 def interrupted_message(signal_name: str, run_dir: Path, sweep_dir: Optional[Path] = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -10,7 +11,7 @@ from omegaconf import DictConfig
 
 from lenet.core.errors import UserError
 from lenet.run.folders import claim_run_dir
-from lenet.run.preflight import preflight
+from lenet.run.preflight import check_data, preflight
 
 
 class JobReport(Callback):
@@ -22,7 +23,13 @@ class JobReport(Callback):
 
         try:
             HydraConfig.instance().set_config(config)  # the config's ${hydra:...} resolve as in the job
-            preflight(config)  # a value the run would refuse: refused before its folder is made
+            try:
+                cfg, _ = preflight(config)  # a value the run would refuse: refused before its folder is made
+                check_data(cfg, Path(str(config.hydra.runtime.cwd)))  # and data it could not find or download
+            except UserError:
+                raise
+            except Exception:  # a bug: the run meets it again, where its traceback is recorded (lenet.run.entry)
+                pass
             claim_run_dir(config)
         except UserError as e:  # Hydra turns an exception of a callback into a warning: exit here
             print(f"error: {e}", file=sys.stderr)

@@ -273,7 +273,10 @@ def new_summary(cfg: Config, job: JobInfo) -> Summary:
 def fill_results(summary: Summary, run: Optional[TrainState], epochs: int) -> None:
     """The results of the run's first ``epochs`` epochs into its summary: accuracies, losses, the best epoch (by the
     key the summary's ``selected_on`` names), extra metrics."""
-    if run is None or not run.history[:epochs]:
+    if run is None:
+        return
+    summary["stopped_early"] = run.stop_reason if run.epoch < summary["epochs"] else None
+    if not run.history[:epochs]:
         return
     history = run.history[:epochs]
     last = history[-1]
@@ -285,7 +288,6 @@ def fill_results(summary: Summary, run: Optional[TrainState], epochs: int) -> No
         final_train_loss=last["train_loss"],
         epochs_completed=len(history),
         seconds_per_epoch=sum(r["seconds"] for r in history) / len(history),
-        stopped_early=run.stop_reason if run.epoch < summary["epochs"] else None,
         eval_weights=run.eval_weights,
         **run.notes,
     )

@@ -11,6 +11,7 @@ apart in its sweep, e.g. ``pooling=avg,seed=1``) and ``model``. A logger of your
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -86,6 +87,20 @@ class Loggers:
 REQUIRED_METHODS = ("log_row", "finish")
 
 
+def check_loggers(nodes: Mapping[str, Any]) -> None:
+    """What each logger can say of its settings before any folder is made (its class's ``check_settings``)."""
+    for name, node in nodes.items():
+        key = f"logger.{name}"
+        if dataclasses.is_dataclass(node):
+            node = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"{key} must be a node with a _target_, got {node!r}")
+        bound = bind(node, key)
+        check = getattr(bound.func, "check_settings", None)
+        if callable(check):
+            call(functools.partial(check, **bound.keywords), key)
+
+
 def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Loggers:
     """The loggers that ``nodes`` (the ``logger`` config: name -> node with ``_target_``) describe, started."""
     loggers = Loggers()
@@ -116,7 +131,7 @@ def construct(node: Mapping[str, Any], key: str, offered: Mapping[str, Any]) -> 
         return call(bind(node, key), key, offered=offered)
     except (UserError, Interrupted):
         raise
-    except Exception as e:  # a class of the user's own that cannot start
+    except OSError as e:  # a logger that cannot reach what it writes to: a bug in one raises as it is
         reason = " ".join(str(e).split())[:300]
         raise ConfigError(f"{key} ({node.get('_target_')}) could not start: {type(e).__name__}: {reason}") from None
 
@@ -144,6 +159,15 @@ class WandbLogger(Logger):
     Any code of the job may log media to it as well (``wandb.log``, ``wandb.run``), or a subclass may add to
     ``log_row``; ``watch`` passes its arguments to ``wandb.Run.watch(model, ...)``.
     """
+
+    @staticmethod
+    def check_settings(mode: Optional[str] = None, **settings: Any) -> None:
+        """Refuse online logging without credentials, before the run has a folder."""
+        if resolve_wandb_mode(mode) == "online":
+            import wandb
+
+            if not wandb.login(prompt=False, verify=False):
+                raise UserError(NO_CREDENTIALS_MESSAGE)
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ folder behind, and the preview launcher shows what each job would say.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, open_dict
@@ -40,3 +41,11 @@ def preflight(config: DictConfig) -> tuple[Config, "Assembly"]:
         raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device; device={cfg.device.name} found none here")
     record = OmegaConf.to_container(task, resolve=True, enum_to_str=True)
     return cfg, assemble(cfg, None, record, with_data=False)
+
+
+def check_data(cfg: Config, cwd: Path) -> None:
+    """That a single run's dataset is where it says (downloaded there if allowed), before its folder is made."""
+    from lenet.core.data import locate_dataset
+    from lenet.run.assemble import resolve_path
+
+    locate_dataset(cfg.data.name, resolve_path(cfg.data.root, cwd), cfg.data.download, cfg.data.loader)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from lenet.core.errors import ConfigError, UserError
+from lenet.core.errors import ConfigError
 from lenet.core.factory import bind, call
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_before_optimizer_step", "on_step_end", "on_epoch_end", "on_fit_end")
@@ -120,12 +120,7 @@ def build_callbacks(nodes: Mapping[str, Any]) -> Callbacks:
         key = f"callbacks.{name}"
         if not isinstance(node, Mapping):
             raise ConfigError(f"{key} must be a node with a _target_, got {node!r}")
-        try:
-            callback = call(bind(node, key), key)
-        except UserError:
-            raise
-        except Exception as e:  # a callback of the user's own whose constructor raises
-            raise ConfigError(f"{key} ({node['_target_']}) could not start: {type(e).__name__}: {e}") from None
+        callback = call(bind(node, key), key)  # a value it refuses is one line; a bug in it keeps its traceback
         methods = [m for m in dir(callback) if m.startswith("on_") and callable(getattr(callback, m))]
         unknown = [m for m in methods if m not in HOOKS]
         if unknown:

@@ -198,3 +198,70 @@ def test_the_documented_callback_of_your_own_sees_every_step_and_keeps_its_state
     summary = read_json(tmp_path / "part" / "summary.json")
     assert summary["resumed_from_epoch"] == 1 and summary["callbacks"] == ["ema", "loss_spikes"]
     assert json.loads(json.dumps(summary))["final_steps_seen"] == 141
+
+
+class NumpyState(Callback):
+    """A callback whose state holds a numpy number: a checkpoint's safe loader could not read it back."""
+
+    def on_epoch_end(self, run, row):
+        import numpy as np
+
+        self.seen = np.float64(row["val_loss"])
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+
+def test_a_callback_state_a_checkpoint_could_not_load_is_refused_when_it_is_first_saved(tmp_path):
+    from lenet.core.errors import CheckpointError
+
+    with pytest.raises(
+        CheckpointError, match=r"callbacks.numbers \(NumpyState\) keeps a numpy.float64 \(.*\) in its st"
+    ):
+        run_in_process(tmp_path, "run", "data.train_size=128", "+callbacks.numbers._target_=test_callbacks.NumpyState")
+    assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()  # refused before any checkpoint a resume could not read
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "float(x)" in summary["error"]
+
+
+def test_each_run_of_a_fused_group_keeps_its_own_callbacks_as_alone():
+    from lenet.core.optim import Scheduler
+    from lenet.core.schedules import onecycle
+    from lenet.train.ema import EMA
+    from lenet.train.fused import VmappedSteps
+    from lenet.train.loop import fit_group
+
+    g = torch.Generator().manual_seed(0)
+    data = Split(
+        torch.randn(160, 1, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (160,), generator=g)
+    )
+    settings = FitSettings(train=data, test=data, val=data, epochs=2, batch_size=32, metrics=build_metrics([]))
+
+    def runs():
+        built = []
+        for seed, lr in enumerate((0.05, 0.1)):
+            torch.manual_seed(seed)
+            model = create_model("lenet5").to(torch.float64)
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+            built.append(
+                TrainState(
+                    model,
+                    opt,
+                    Scheduler(onecycle(opt, 10), "step"),
+                    F.cross_entropy,
+                    torch.Generator().manual_seed(seed),
+                )
+            )
+        return built
+
+    fused, alone = runs(), runs()
+    fused_callbacks = [Callbacks({"ema": EMA(decay=0.5), "clip": GradClip(max_norm=0.5)}) for _ in fused]
+    fit_group(fused, settings, fused_callbacks, VmappedSteps(settings))
+    for run in alone:
+        fit(run, settings, Callbacks({"ema": EMA(decay=0.5), "clip": GradClip(max_norm=0.5)}))
+    for a, b, hooks in zip(fused, alone, fused_callbacks):
+        assert a.eval_weights == b.eval_weights == "ema(decay=0.5)" and len(a.history) == 2
+        for key in ("val_loss", "test_acc"):
+            assert [r[key] for r in a.history] == pytest.approx([r[key] for r in b.history], rel=1e-6)  # fp32 sums
+        for p, q in zip(a.eval_model.parameters(), b.eval_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-9)  # its own average, as alone

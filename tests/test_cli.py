@@ -144,6 +144,17 @@ def test_missing_data_without_download_names_the_folder(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_selection_key_no_row_holds_is_refused_before_the_run_has_a_folder(tmp_path):
+    result = run_train(
+        "data=synthetic", "callbacks=early_stopping", "callbacks.early_stopping.monitor=nope", cwd=tmp_path
+    )
+    assert_one_line_error(result, "error: callbacks.early_stopping.monitor=nope is not a key of the metrics rows")
+    no_val = run_train("data=synthetic", "data.val_size=0", "callbacks=early_stopping", cwd=tmp_path)
+    assert_one_line_error(no_val, "monitor=val_loss is not a key", "data.val_size=0 leaves no validation split")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
 def test_a_failed_download_and_online_logging_without_credentials_leave_no_folder_behind(tmp_path):
     offline = tmp_path / "offline"  # torchvision's mirrors, pointed at a port where nothing answers
     offline.mkdir()

@@ -200,3 +200,14 @@ def test_the_one_program_path_records_every_member_as_a_run_alone(tmp_path):
         state = torch.load(tmp_path / str(n) / "checkpoint.pt", weights_only=True)
         assert len(state["optimizer"]["param_groups"]) == 1 and len(state["scheduler"]["base_lrs"]) == 1
         create_model("lenet5").load_state_dict(torch.load(tmp_path / str(n) / "lenet_synthetic.pth"))
+
+
+@pytest.mark.slow
+def test_callbacks_fuse_and_the_one_program_path_runs_end_to_end(tmp_path):
+    args = ["-m", "hydra/launcher=fused", "hydra.launcher.mode=vmapped", "seed=0,1", *TINY]
+    result = run_train(*args, "callbacks=[ema,early_stopping]", "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Launching 2 jobs as 1 programs" in result.stdout + result.stderr
+    for summary in job_summaries(tmp_path / "sweep"):
+        assert summary["status"] == "completed" and summary["eval_weights"] == "ema(decay=0.999)"
+        assert summary["callbacks"] == ["early_stopping", "ema"] and summary["best_weights"] == "best.pth"

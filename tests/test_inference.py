@@ -141,6 +141,9 @@ def test_an_image_with_nothing_in_it_gets_no_class(tmp_path, pixels):
     Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "blank.png")
     with pytest.raises(NoStrokes, match="holds no clear strokes"):
         load_image(tmp_path / "blank.png", (28, 28), channels=1)
+    Image.fromarray(np.full((28, 28), pixels.flat[0], dtype=np.uint8)).save(tmp_path / "blank28.png")  # its own size
+    with pytest.raises(NoStrokes, match="holds no clear strokes"):
+        load_image(tmp_path / "blank28.png", (28, 28), channels=1)
 
 
 def test_predict_refuses_arrays_that_are_not_the_datasets_images(avg_run):

@@ -273,6 +273,12 @@ def test_a_study_file_is_held_by_one_search(tmp_path, held_by_another_process):
     held_by_another_process(tmp_path / "shared.db", is_file=True)
     with pytest.raises(FolderError, match=r"shared.db is in use by process \d+"):
         study.open_storage(f"sqlite:///{tmp_path / 'shared.db'}")
+    for other_spelling in (
+        f"sqlite:///{tmp_path / 'shared.db'}?timeout=5",
+        f"sqlite:///{tmp_path / '.' / 'shared.db'}",
+    ):
+        with pytest.raises(FolderError, match=r"shared.db is in use by process \d+"):  # the file, not the text
+            study.open_storage(other_spelling)
 
 
 def test_a_summary_that_cannot_be_read_is_an_outcome_saying_so(tmp_path):

@@ -182,6 +182,8 @@ def check_selection(cfg: Config, row_keys: list[str], callbacks: Any, warn: bool
     for setting, key in watched:
         if key is None:
             continue
+        if key not in row_keys and setting == "trainer.best" and key.startswith("val_") and cfg.data.val_size == 0:
+            continue  # nothing to select on: no best epoch (lenet.run.lifecycle.best_key says so)
         if key not in row_keys:
             hint = (
                 "; data.val_size=0 leaves no validation split: set data.val_size, or name a test_* key explicitly "

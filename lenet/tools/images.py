@@ -66,11 +66,11 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     dark_strokes = background > 127  # on paper; MNIST's are light on dark
+    ink = np.clip(background - gray if dark_strokes else gray - background, 0, 255)  # how far from the background
+    if ink.max() < MIN_CONTRAST:  # in any form, the dataset's own included
+        raise NoStrokes(f"{path} holds no clear strokes (nothing stands out from its background): no class given")
     if gray.shape == tuple(size) and not dark_strokes:  # in the dataset's form already: as it is
         return (rgb if channels == 3 else gray).round().clip(0, 255).astype(np.uint8)
-    ink = np.clip(background - gray if dark_strokes else gray - background, 0, 255)  # how far from the background
-    if ink.max() < MIN_CONTRAST:
-        raise NoStrokes(f"{path} holds no clear strokes (nothing stands out from its background): no class given")
     strokes = ink > max(otsu_threshold(ink), MIN_CONTRAST / 2)
     rows, cols = np.nonzero(strokes)
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1

@@ -23,24 +23,43 @@ from lenet.tools.stats import confidence_interval, paired_test
 SYNTHETIC = [*SMALL, "trainer.epochs=2", "optimizer=adam", "scheduler=none"]
 
 
-def make_sweep(folder, jobs, swept=None, **record):
-    """A sweep dir as lenet writes one: ``jobs`` is a list of (overrides, per-epoch test accuracies, summary extras)."""
+def make_sweep(folder, jobs, swept=None, config=None, **record):
+    """A sweep dir as lenet writes one: ``jobs`` is a list of (overrides, per-epoch test accuracies, summary extras).
+
+    Each epoch's validation accuracy is its test accuracy less 0.002 after the peak (so that the best epoch, chosen
+    on it, is the peak); ``config`` is what every job's .hydra/config.yaml holds beside its overrides.
+    """
     folder.mkdir(parents=True)
     for n, (overrides, accs, extra) in enumerate(jobs):
         job = folder / str(n)
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        settings = {**(config or {}), **{o.split("=")[0]: o.split("=", 1)[1] for o in overrides}}
+        (job / ".hydra" / "config.yaml").write_text(json.dumps(settings))
         rows = [
-            {"epoch": e + 1, "train_loss": 1.0 / (e + 1), "test_loss": 1 - a, "test_acc": a, "lr": 0.1, "seconds": 2.0}
+            {
+                "epoch": e + 1,
+                "train_loss": 1.0 / (e + 1),
+                "val_loss": 1 - a,
+                "val_acc": a - 0.002 * (e + 1 > accs.index(max(accs)) + 1),
+                "test_loss": 1 - a,
+                "test_acc": a,
+                "lr": 0.1,
+                "seconds": 2.0,
+            }
             for e, a in enumerate(accs)
         ]
         (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         seed = next((int(o.split("=")[1]) for o in overrides if o.startswith("seed=")), 0)
+        best = max(rows, key=lambda r: r["val_acc"]) if rows else None
         summary = {
             "status": "completed" if accs else "failed",
             "error": None if accs else "the loss became nan",
             "final_test_acc": accs[-1] if accs else None,
-            "best_test_acc": max(accs) if accs else None,
+            "final_val_acc": rows[-1]["val_acc"] if rows else None,
+            "best_test_acc": best["test_acc"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "selected_on": "val_acc",
             "seed": seed,
             "num_params": 61_706,
             "num_threads": 1,
@@ -82,7 +101,8 @@ def test_table_numbers_match_the_jobs(pooling_sweep):
         assert float(row["final_test_acc_ci95_high_pct"]) == pytest.approx(100 * min(high, 1.0))
         assert int(row["num_params"]) == 61_706 and row["num_threads"] == "1"
         mean, std = 100 * statistics.fmean(final), 100 * statistics.stdev(final)
-        assert f"| pooling={pooling} | 3 | 0 | {mean:.2f} ± {std:.2f} |" in report
+        assert f"| pooling={pooling} | 3 | 0 | 0 | {mean:.2f} ± {std:.2f} |" in report
+    assert "test acc % at the best epoch (chosen on val_acc)" in report  # the test set reported, never chosen on
 
 
 def test_the_paired_test_is_scipys_and_reported_plainly(pooling_sweep):
@@ -113,21 +133,30 @@ def test_variants_never_split_by_trainer_resume_or_other_keys_a_resume_may_chang
         (["pooling=max", "seed=1", "trainer.resume=true"], [0.985], {}),
     ]
     report = compare(make_sweep(tmp_path / "sweep", jobs))  # no sweep.json: the keys that differ
-    assert "4 jobs, 2 variants." in report and "| pooling=avg | 2 |" in report and "trainer.resume" not in report
+    assert "4 jobs of" in report and ", 2 variants." in report and "| pooling=avg | 2 |" in report
+    assert "trainer.resume" not in report
 
 
-def test_an_optuna_search_is_reported_as_a_search_with_its_best_trial(tmp_path):
+def test_an_optuna_search_is_reported_as_a_ranked_trial_table_with_its_best_trials_test_accuracy(tmp_path):
     jobs = [
-        ([f"optimizer.lr={lr}", "trainer.batch_size=64"], [acc], {})
+        (
+            [
+                f"optimizer.lr={lr}",
+                "trainer.batch_size=64",
+                "+callbacks.optuna_pruning={_target_:x,storage:'sqlite:///long'}",
+            ],
+            [acc],
+            {},
+        )
         for lr, acc in ((0.01, 0.95), (0.1, 0.99), (0.03, 0.97))
-    ]
+    ] + [(["optimizer.lr=0.5", "trainer.batch_size=64"], [0.5], {"status": "pruned", "error": "pruned by the search"})]
     report = compare(make_sweep(tmp_path / "sweep", jobs, swept=["optimizer.lr"], kind="search"))
-    assert "This sweep is an Optuna search: each of its 3 trials is one configuration" in report
-    assert "Best trial by final test_acc: optimizer.lr=0.1, 99.00 % (1)." in report
-    assert "Paired tests" not in report and "Ranked by" not in report
-    assert (
-        report.index("optimizer.lr=0.1 |") < report.index("optimizer.lr=0.03 |") < report.index("optimizer.lr=0.01 |")
-    )
+    assert "This sweep is an Optuna search: each of its 4 trials is one configuration" in report
+    assert "It chose by final_val_acc (maximize); the test set played no part in it." in report
+    assert "Best trial: 1 (optimizer.lr=0.1), final_val_acc 0.99; its final weights on the test set: 99.00 %" in report
+    assert "Paired tests" not in report and "Ranked by" not in report and "storage" not in report  # short labels
+    assert report.index("| 1 | 1 | 0.1 |") < report.index("| 2 | 2 | 0.03 |") < report.index("| 3 | 0 | 0.01 |")
+    assert "| - | 3 | 0.5 | pruned | n/a |" in report and "did not complete" not in report  # pruned, not failed
 
 
 def test_runs_of_different_thread_counts_are_pointed_out(pooling_sweep):
@@ -158,8 +187,50 @@ def test_out_being_a_file_is_one_line_and_labels_with_dollars_are_drawn(tmp_path
     assert (sweep / "comparison.png").stat().st_size > 10_000 and "| tag=$$rich$ | 1 |" in capsys.readouterr().out
 
 
+def test_sweeps_that_share_their_config_are_pooled_with_seeds_paired_across_them(tmp_path, capsys):
+    first = [([f"pooling={p}", f"seed={s}"], [a], {}) for p, accs in POOLING.items() for s, a in enumerate(accs)]
+    more = [
+        ([f"pooling={p}", f"seed={s}"], [a], {})
+        for p, accs in (("avg", [0.97, 0.975]), ("max", [0.98, 0.99]))
+        for s, a in zip((3, 4), accs)
+    ]
+    a = make_sweep(tmp_path / "a", first, swept=["pooling", "seed"], config={"trainer": {"epochs": 1}})
+    b = make_sweep(tmp_path / "b", more, swept=["pooling", "seed"], config={"trainer": {"epochs": 1}})
+    out = tmp_path / "report"
+    main(
+        [
+            str(a),
+            str(b),
+            "--out",
+            str(out),
+            "--title",
+            "Pooling, 5 seeds",
+            "--format",
+            "svg",
+            "--labels",
+            "pooling=avg=Average",
+            "pooling=max=Max",
+        ]
+    )
+    report = (out / "comparison.md").read_text()
+    assert report.startswith("# Pooling, 5 seeds") and "10 jobs of" in report and "| Average | 5 | 0 | 0 |" in report
+    assert "Max vs Average:" in report and "over 5 shared seeds" in report  # paired across the two sweeps
+    assert (out / "comparison.svg").read_text().lstrip().startswith("<?xml")
+    curves = list(csv.DictReader(open(out / "comparison_curves.csv")))
+    assert {r["sweep"] for r in curves} == {str(a), str(b)} and {r["metric"] for r in curves} >= {"val_acc", "test_acc"}
+    assert {(r["variant"], r["seed"]) for r in curves if r["metric"] == "test_acc"} == {
+        (v, str(s)) for v in ("Average", "Max") for s in range(5)
+    }
+    other = make_sweep(tmp_path / "c", more, swept=["pooling", "seed"], config={"trainer": {"epochs": 2}})
+    with pytest.raises(SystemExit):
+        main([str(a), str(other), "--out", str(tmp_path / "refused")])
+    assert "differ in trainer.epochs, which neither sweeps" in capsys.readouterr().err
+
+
 def test_a_dir_without_jobs_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no jobs under"):
+    from lenet.core.errors import UserError
+
+    with pytest.raises(UserError, match="no jobs under"):
         compare(tmp_path)
 
 
@@ -172,7 +243,7 @@ def test_a_folder_of_several_sweeps_gets_one_report_per_sweep(pooling_sweep, tmp
     main([str(parent)])
     for name in ("first", "second"):
         report = (parent / "2026-11-29" / name / "comparison.md").read_text()
-        assert "6 jobs, 2 variants." in report  # its own six jobs, never the twelve of both sweeps
+        assert "6 jobs of" in report and ", 2 variants." in report  # its own six jobs, never the twelve of both
     assert not (parent / "comparison.md").exists()
 
 
@@ -188,7 +259,7 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_console_script(tmp_
         text=True,
     )
     assert compared.returncode == 0, compared.stderr
-    assert "| pooling=avg | 3 | 0 |" in compared.stdout and "| pooling=max | 3 | 0 |" in compared.stdout
+    assert "| pooling=avg | 3 | 0 | 0 |" in compared.stdout and "| pooling=max | 3 | 0 | 0 |" in compared.stdout
     script = shutil.which("lenet-compare") or str(Path(sys.executable).parent / "lenet-compare")
     console = subprocess.run([script, "sweep", "--out", "console"], cwd=tmp_path, capture_output=True, text=True)
     assert console.returncode == 0 and console.stdout == compared.stdout  # the console script is the same tool

@@ -1,5 +1,6 @@
 """Resuming a sweep: the same command, the same hydra.sweep.dir and trainer.resume=true complete only what is missing."""
 
+import json
 import signal
 
 import pytest
@@ -51,3 +52,21 @@ def test_a_stopped_sweep_resumed_completes_only_what_is_missing(tmp_path, launch
         read_jsonl(tmp_path / "fresh" / "metrics.jsonl")
     )  # bit for bit where an uninterrupted run ends
     assert "3 of 6 jobs did not complete" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_a_study_grows_by_more_seeds_and_another_variant_and_refuses_another_setting(tmp_path):
+    from lenet.tools.compare import compare
+
+    base = ["-m", *TINY, "hydra.sweep.dir=study", "trainer.epochs=1"]
+    assert run_train(*base, "pooling=avg,max", "seed=0,1", cwd=tmp_path).returncode == 0
+    kept = (tmp_path / "study" / "0" / "summary.json").read_bytes()
+    more = run_train(*base, "pooling=avg,max,subsample", "seed=0,1,2", "trainer.resume=true", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert more.stdout.count("completed before: kept as it is") + more.stderr.count("completed before: kept") == 4
+    record = json.loads((tmp_path / "study" / "sweep.json").read_text())
+    assert len(record["jobs"]) == 9 and len({tuple(v) for v in record["jobs"].values()}) == 9  # grown, one folder each
+    assert (tmp_path / "study" / "0" / "summary.json").read_bytes() == kept  # an existing job as it was
+    assert "9 jobs of" in compare(tmp_path / "study") and "pooling=subsample" in compare(tmp_path / "study")
+    other = run_train(*base, "pooling=avg,max", "seed=0,1", "optimizer=adam", "trainer.resume=true", cwd=tmp_path)
+    assert other.returncode == 1 and "it was started with optimizer=not set (now adam)" in other.stderr

@@ -127,7 +127,7 @@ def test_tensorboard_of_a_resumed_run_ends_as_its_checkpoint_history(tmp_path):
         first.log_row({"epoch": step, "test_acc": acc}, step)
     first.writer.close()
     resumed = TensorBoardLogger(tmp_path)
-    resumed.resume([{"epoch": 1, "test_acc": 0.1}, {"epoch": 2, "test_acc": 0.2}])
+    resumed.resume([({"epoch": 1, "test_acc": 0.1}, 1), ({"epoch": 2, "test_acc": 0.2}, 2)])
     resumed.log_row({"epoch": 3, "test_acc": 0.35}, 3)
     resumed.finish({"status": "completed"}, 0)
     assert _scalars(tmp_path / "tensorboard", "test_acc") == [
@@ -156,3 +156,20 @@ def test_a_typo_in_the_wandb_node_fails_at_once(tmp_path):
     result = run_train("logger=wandb", "logger.wandb.projet=x", *TINY, cwd=tmp_path)
     assert result.returncode == 1 and "projet" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_tensorboard_gets_the_steps_loss_and_the_resolved_config_as_hparams(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lenet.run.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path, config={"optimizer": {"lr": 0.05, "betas": [0.9, 0.99]}, "seed": 1})
+    for step in (50, 100):
+        logger.log_step({"train_loss_step": 1.0 / step}, step)
+    logger.log_row({"epoch": 1, "val_acc": 0.9, "test_acc": 0.91}, 100)
+    logger.finish({"status": "completed", "final_test_acc": 0.91, "best_val_acc": 0.9}, 0)
+    assert _scalars(tmp_path / "tensorboard", "train_loss_step") == [
+        (50, pytest.approx(0.02)),
+        (100, pytest.approx(0.01)),
+    ]
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").glob("events.*"))
+    assert b"_hparams_/session_start_info" in events and b"optimizer.lr" in events  # the config, flattened

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 from conftest import read_json, read_jsonl, run_train, start_train, wait_for_first_epoch
@@ -19,6 +20,7 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
         "logger.wandb.group=ablation",
         "logger.wandb.name=first",
         "logger.wandb.tags=[a,b]",
+        "logger.log_every_n_steps=3",
         *SYNTHETIC,
         "trainer.epochs=2",
         "hydra.run.dir=run",
@@ -28,9 +30,12 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
     run_dir = tmp_path / "run"
     wb = OfflineRun(run_dir)  # its files live inside the Hydra run dir
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    assert [row["test_acc"] for row in wb.history] == [row["test_acc"] for row in metrics]
-    assert [row["_step"] for row in wb.history] == [1, 2]  # step = epoch
-    assert {"epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds"} <= set(wb.history[0])
+    epochs = [row for row in wb.history if "test_acc" in row]
+    assert [row["test_acc"] for row in epochs] == [row["test_acc"] for row in metrics]
+    assert [row["_step"] for row in epochs] == [4, 8]  # an epoch at the optimizer step that ended it (4 a epoch)
+    assert {"epoch", "train_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"} <= set(epochs[0])
+    steps = [row for row in wb.history if "train_loss_step" in row]
+    assert [row["_step"] for row in steps] == [3, 6] and all(r["train_loss_step"] > 0 for r in steps)
     assert wb.config["optimizer"]["lr"] == 0.05 and wb.config["data"]["name"] == "synthetic"
     assert wb.config["trainer"]["precision"] == "fp32"  # the resolved config, enums as strings
     summary = read_json(run_dir / "summary.json")
@@ -130,8 +135,8 @@ def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_p
 
 @pytest.mark.slow
 def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
-    # kill -9 leaves W&B's run unfinished (offline: W&B writes it at finish); the run dir keeps the record,
-    # and the resumed run gives W&B every epoch again
+    # kill -9 leaves W&B's run unfinished (offline: W&B writes it at finish); the resumed run continues the same
+    # W&B run and gives it every epoch it does not hold
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "hydra.run.dir=run"]
     proc = start_train(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # W&B offline
     wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
@@ -140,8 +145,46 @@ def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
     result = run_train(*args, "trainer.resume=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2
+    assert len(runs) == 2 and runs[0].name.split("-")[-1] == runs[1].name.split("-")[-1]  # one W&B run id
     resumed = OfflineRun(tmp_path / "run", runs[-1].name)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert [row["test_acc"] for row in resumed.history] == [row["test_acc"] for row in metrics]
-    assert len(metrics) == 3 and resumed.exit_code == 0
+    assert [row["test_acc"] for row in resumed.history if "test_acc" in row] == [row["test_acc"] for row in metrics]
+    assert len(metrics) == 3 and resumed.exit_code == 0 and resumed.run.resume  # continued, not a new run
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumed_continues_its_own_wandb_run_with_only_its_new_epochs(tmp_path):
+    args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "hydra.run.dir=run"]
+    proc = start_train(*args, cwd=tmp_path)
+    wait_for_first_epoch(tmp_path / "run" / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    done = len(read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    assert run_train(*args, "trainer.resume=true", cwd=tmp_path).returncode == 0
+    first, second = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert first.name.split("-")[-1] == second.name.split("-")[-1]
+    logged = [r["epoch"] for r in OfflineRun(tmp_path / "run", second.name).history if "epoch" in r]
+    assert logged == list(range(done + 1, 4))  # the epochs the first process had given W&B are not given again
+
+
+@pytest.mark.slow
+def test_a_wandb_service_that_stops_answering_delays_the_end_by_the_stated_time_at_most(tmp_path):
+    stopper = tmp_path / "stopper"
+    stopper.mkdir()
+    (stopper / "stop_wandb.py").write_text(  # a callback that freezes W&B's service after the first epoch
+        "import os, signal\nfrom pathlib import Path\n\n\nclass Freeze:\n"
+        "    def on_epoch_end(self, run, row):\n"
+        "        for p in Path('/proc').glob('[0-9]*'):\n"
+        "            try:\n"
+        "                ppid = int((p / 'stat').read_text().rsplit(')', 1)[1].split()[1])\n"
+        "                if ppid == os.getpid() and b'wandb-core' in (p / 'cmdline').read_bytes():\n"
+        "                    os.kill(int(p.name), signal.SIGSTOP)\n"
+        "            except (OSError, ValueError):\n"
+        "                pass\n"
+    )
+    args = ["logger=wandb", "logger.wandb.finish_timeout=5", "+callbacks.freeze._target_=stop_wandb.Freeze", *SYNTHETIC]
+    started = time.monotonic()
+    result = run_train(*args, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path, env={"PYTHONPATH": str(stopper)})
+    assert result.returncode == 0 and time.monotonic() - started < 60, result.stderr
+    assert "W&B did not finish the run within 5 s (logger.wandb.finish_timeout)" in result.stdout + result.stderr
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "completed"

@@ -99,6 +99,7 @@ class WandbConfig:
     log_model: bool = False  # upload the final weights as an artifact
     watch: Optional[Dict[str, Any]] = None  # arguments of wandb.Run.watch(model, ...), e.g. {log: gradients}
     settings: Dict[str, Any] = field(default_factory=dict)  # more wandb.Settings, e.g. {init_timeout: 30}
+    finish_timeout: float = 60.0  # seconds a W&B service that stops answering may delay the run's end
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -27,6 +28,7 @@ from lenet.run.config import RESUME_IGNORES, Config
 from lenet.run.context import job_context
 from lenet.run.files import remove_stale_temporaries
 from lenet.run.job import JobInfo
+from lenet.run.loggers import STEP_LOGGING_KEY
 from lenet.run.outcome import (
     DiskFull,
     Outcome,
@@ -41,7 +43,7 @@ from lenet.run.outcome import (
 )
 from lenet.run.progress import ProgressBar
 from lenet.run.threads import set_threads
-from lenet.run.tracking import BEST_WEIGHTS, Tracking, weights_file
+from lenet.run.tracking import BEST_WEIGHTS, StepLogging, Tracking, weights_file
 from lenet.train.callbacks import Callbacks
 from lenet.train.loop import FitSettings, Steps, fit_group
 from lenet.train.state import TrainState
@@ -128,6 +130,10 @@ class Life:
         if best is not None:  # the best epoch's weights, written before the checkpoint that counts the epoch
             harness["best"] = BestWeights(self.job.run_dir / BEST_WEIGHTS, best)
         harness.update(checkpoint=self.checkpointing, tracking=self.tracking)
+        every = self.cfg.logger.get(STEP_LOGGING_KEY, 0)
+        if every and self.tracking.loggers.loggers:
+            harness["step_logging"] = StepLogging(self.tracking.loggers, every)
+        self.tracking.steps_per_epoch = math.ceil(len(self.settings.train) / self.cfg.trainer.batch_size)
         self.callbacks = self.run.callbacks.then(harness)
 
     def _continue(self) -> int:

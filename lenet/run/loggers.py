@@ -10,6 +10,7 @@ apart in its sweep, e.g. ``pooling=avg,seed=1``) and ``model``. A logger of your
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,15 +29,26 @@ log = logging.getLogger(__name__)
 
 
 class Logger:
-    """The interface: every method may be left as it is (it does nothing)."""
+    """The interface: every method may be left as it is (it does nothing).
+
+    ``step`` is the run's optimizer step count (its global step), the same axis for epochs and steps: an epoch's
+    row is logged at the step that ended it.
+    """
 
     def log_row(self, row: dict[str, Any], step: int) -> None:
-        """One epoch's row of ``metrics.jsonl`` (its ``epoch`` is ``step``)."""
+        """One epoch's row of ``metrics.jsonl``, at the global step that ended the epoch."""
 
-    def resume(self, history: list[dict[str, Any]]) -> None:
-        """A resumed run's earlier epochs, before its new ones; by default logged again as rows."""
-        for row in history:
-            self.log_row(row, step=row["epoch"])
+    def log_step(self, values: dict[str, float], step: int) -> None:
+        """Values of the training steps (``train_loss_step``: the mean loss of the last steps), every
+        ``logger.log_every_n_steps`` steps."""
+
+    def resume(self, history: list[tuple[dict[str, Any], int]]) -> None:
+        """A resumed run's earlier epochs (row, step), before its new ones; by default logged again as rows.
+
+        A logger that knows what it logged before (W&B, TensorBoard) logs only what it lacks.
+        """
+        for row, step in history:
+            self.log_row(row, step=step)
 
     def log_file(self, path: Path, kind: str) -> None:
         """A file the run made; ``kind`` is ``model`` for the final weights."""
@@ -53,8 +65,10 @@ class Loggers:
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
         for name, logger in list(self.loggers.items()):
+            # a logger of its own that is not a Logger may lack the optional methods: Logger's are used
+            hook = getattr(logger, method, None) or getattr(Logger, method).__get__(logger)
             try:
-                getattr(logger, method)(*args, **kwargs)
+                hook(*args, **kwargs)
             except Exception as e:  # the results are safe in the run dir; a logger must not end the run
                 log.warning(
                     "logger.%s failed in %s (%s: %s); it gets nothing more of this run",
@@ -69,8 +83,12 @@ class Loggers:
         """Pass one row to every logger."""
         self._each("log_row", row, step)
 
-    def resume(self, history: list[dict[str, Any]]) -> None:
-        """Pass a resumed run's earlier rows to every logger."""
+    def log_step(self, values: dict[str, float], step: int) -> None:
+        """Pass the training steps' values to every logger."""
+        self._each("log_step", values, step)
+
+    def resume(self, history: list[tuple[dict[str, Any], int]]) -> None:
+        """Pass a resumed run's earlier rows (and their steps) to every logger."""
         if history:
             self._each("resume", history)
 
@@ -84,12 +102,23 @@ class Loggers:
         self.loggers.clear()
 
 
+STEP_LOGGING_KEY = "log_every_n_steps"  # logger.log_every_n_steps: a setting of the group, not a logger
+
+
+def logger_nodes(nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """The loggers of the ``logger`` config: its nodes, without the group's own settings."""
+    return {name: node for name, node in nodes.items() if name != STEP_LOGGING_KEY}
+
+
 REQUIRED_METHODS = ("log_row", "finish")
 
 
 def check_loggers(nodes: Mapping[str, Any]) -> None:
     """What each logger can say of its settings before any folder is made (its class's ``check_settings``)."""
-    for name, node in nodes.items():
+    every = nodes.get(STEP_LOGGING_KEY, 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"logger.{STEP_LOGGING_KEY} must be 0 (epochs only) or a number of steps, got {every!r}")
+    for name, node in logger_nodes(nodes).items():
         key = f"logger.{name}"
         if dataclasses.is_dataclass(node):
             node = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
@@ -105,7 +134,7 @@ def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Logge
     """The loggers that ``nodes`` (the ``logger`` config: name -> node with ``_target_``) describe, started."""
     loggers = Loggers()
     try:
-        for name, node in nodes.items():
+        for name, node in logger_nodes(nodes).items():
             key = f"logger.{name}"
             if dataclasses.is_dataclass(node):
                 node = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
@@ -157,8 +186,15 @@ class WandbLogger(Logger):
     """A Weights & Biases run in this process, its files in the run dir; ``self.run`` is the live ``wandb.Run``.
 
     Any code of the job may log media to it as well (``wandb.log``, ``wandb.run``), or a subclass may add to
-    ``log_row``; ``watch`` passes its arguments to ``wandb.Run.watch(model, ...)``.
+    ``log_row``; ``watch`` passes its arguments to ``wandb.Run.watch(model, ...)``. The resolved config is the
+    run's config. The run's id, and the last epoch W&B holds for sure (given before a finish that returned:
+    offline, W&B keeps nothing of a process killed before it finishes), are kept in the run dir
+    (``wandb/lenet.json``), so a resumed run continues its own W&B run (the same id, ``resume="allow"``; offline
+    too) and gives it every epoch a killed process did not. A W&B service that stops answering delays the run's end by
+    ``finish_timeout`` seconds at most: it is then stopped, the records it had are in the run dir.
     """
+
+    RECORD = "lenet.json"
 
     @staticmethod
     def check_settings(mode: Optional[str] = None, **settings: Any) -> None:
@@ -185,15 +221,17 @@ class WandbLogger(Logger):
         log_model: bool = False,
         watch: Optional[Mapping[str, Any]] = None,
         settings: Optional[Mapping[str, Any]] = None,
+        finish_timeout: float = 60.0,
     ):
         import wandb  # here: a run without W&B never imports it
 
         mode = resolve_wandb_mode(mode)
-        if mode == "online" and not wandb.login(prompt=False, verify=False):
-            raise UserError(NO_CREDENTIALS_MESSAGE)
+        self.check_settings(mode)
         if signals.pending_name():  # received while W&B looked for credentials (its login catches everything)
             raise Interrupted(signals.pending_name())
-        self.log_model = log_model
+        self.log_model, self.finish_timeout = log_model, float(finish_timeout)
+        self.record_path = Path(run_dir) / "wandb" / self.RECORD
+        self.record = self._read_record()
         try:
             with signals.raising():  # a Ctrl-C or SIGTERM must not wait for W&B's start-up (up to init_timeout)
                 self.run = wandb.init(
@@ -205,6 +243,8 @@ class WandbLogger(Logger):
                     name=name or label,
                     tags=list(tags) or None,
                     config=config,
+                    id=self.record.get("id"),
+                    resume="allow" if self.record.get("id") else None,
                     reinit="finish_previous",  # a previous job of a sweep in this process never leaks into this run
                     settings=wandb.Settings(**{"console": "off", "silent": True, **(settings or {})}),
                 )
@@ -215,12 +255,39 @@ class WandbLogger(Logger):
             raise UserError(
                 f"W&B could not start the run: {type(e).__name__}: {reason}; logger=none trains without W&B"
             ) from None
+        self._write_record(id=self.run.id)
+        self.last_epoch = self.record.get("epoch", 0)
         if watch is not None and model is not None:
             self.run.watch(model, **watch)
 
+    def _read_record(self) -> dict[str, Any]:
+        try:
+            record = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) and isinstance(record.get("id"), str) else {}
+
+    def _write_record(self, **values: Any) -> None:
+        from lenet.run.files import write_text
+
+        self.record.update(values)
+        write_text(self.record_path, json.dumps(self.record) + "\n")
+
     def log_row(self, row: dict[str, Any], step: int) -> None:
-        """Log the row at ``step``."""
+        """Log the row at ``step``, and remember that this epoch reached the run."""
         self.run.log(row, step=step)
+        self.last_epoch = row.get("epoch", self.last_epoch)
+
+    def log_step(self, values: dict[str, float], step: int) -> None:
+        """Log the steps' values at ``step``."""
+        self.run.log(values, step=step)
+
+    def resume(self, history: list[tuple[dict[str, Any], int]]) -> None:
+        """Give the continued W&B run the epochs it does not have (those a killed process did not log)."""
+        logged = self.record.get("epoch", 0)
+        for row, step in history:
+            if row["epoch"] > logged:
+                self.log_row(row, step)
 
     def log_file(self, path: Path, kind: str) -> None:
         """Upload the final weights as a model artifact when ``log_model`` is set."""
@@ -232,20 +299,69 @@ class WandbLogger(Logger):
             self.run.log_artifact(artifact)
 
     def finish(self, summary: dict[str, Any], exit_code: int) -> None:
-        """Set the run's summary and finish it, marked failed when ``exit_code`` is not 0."""
+        """Set the run's summary and finish it, marked failed when ``exit_code`` is not 0, within ``finish_timeout``."""
         try:
             self.run.summary.update(
                 {k: v for k, v in summary.items() if v is not None and k not in WANDB_SUMMARY_SKIPS}
             )
         finally:
-            self.run.finish(exit_code=exit_code)
+            self._finish_within(exit_code)
+
+    def _finish_within(self, exit_code: int) -> None:
+        import threading
+
+        done, failure = threading.Event(), []
+
+        def finish() -> None:
+            try:
+                self.run.finish(exit_code=exit_code)
+            except BaseException as e:  # said below, in the run's thread
+                failure.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=finish, name="wandb-finish", daemon=True).start()
+        if done.wait(self.finish_timeout):
+            if failure:
+                raise failure[0]
+            self._write_record(epoch=self.last_epoch)  # W&B holds these for sure now
+            return
+        log.warning(
+            "W&B did not finish the run within %g s (logger.wandb.finish_timeout): its service stopped answering and "
+            "was stopped; what it had recorded is in %s (wandb sync uploads it)",
+            self.finish_timeout,
+            self.record_path.parent,
+        )
+        stop_wandb_service()
+
+
+def stop_wandb_service() -> None:
+    """Stop this process's W&B service (wandb-core) that no longer answers, so that the process can end (Linux)."""
+    import signal
+
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and b"wandb-core" in command:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+    try:
+        import wandb
+
+        wandb.teardown()  # what W&B would wait for at exit: nothing is left to wait for
+    except BaseException:  # noqa: BLE001 - its teardown of a stopped service raises, even SystemExit
+        pass
 
 
 class TensorBoardLogger(Logger):
-    """TensorBoard event files in ``run_dir/log_dir``: every number of a row as a scalar at the epoch.
+    """TensorBoard event files in ``run_dir/log_dir``: every number of a row as a scalar at its step, the training
+    loss every ``logger.log_every_n_steps`` steps, and the resolved config as hparams with the final figures.
 
-    A resumed run writes its rows again from epoch 1 with TensorBoard's ``purge_step``, which hides the
-    earlier events of those epochs, so the curves end as the checkpoint's history does.
+    A resumed run opens the event file with TensorBoard's ``purge_step`` at the step after its checkpoint, which
+    hides what a killed process logged after it, so the curves go on as the checkpoint's history does.
     """
 
     def __init__(self, run_dir: Path, config: Optional[dict[str, Any]] = None, log_dir: str = "tensorboard"):
@@ -259,30 +375,56 @@ class TensorBoardLogger(Logger):
         self._writer_class = SummaryWriter
         self.log_dir = Path(run_dir) / log_dir
         self.config = config
-        self.writer: Any = None  # made at the first row, which decides the purge step
+        self.writer: Any = None  # made at the first value, which decides the purge step
 
-    def _open(self, step: Optional[int]) -> Any:
+    def _open(self, purge_step: Optional[int] = None) -> Any:
         if self.writer is None:
-            self.writer = self._writer_class(log_dir=str(self.log_dir), purge_step=step)
+            self.writer = self._writer_class(log_dir=str(self.log_dir), purge_step=purge_step)
             if self.config is not None:
-                self.writer.add_text("config", f"```\n{json.dumps(self.config, indent=2)}\n```", global_step=step)
+                self.writer.add_text("config", f"```\n{json.dumps(self.config, indent=2)}\n```")
         return self.writer
+
+    def resume(self, history: list[tuple[dict[str, Any], int]]) -> None:
+        """Go on after the checkpoint's last step: what a killed process logged after it is purged."""
+        self._open(purge_step=history[-1][1] + 1)
 
     def log_row(self, row: dict[str, Any], step: int) -> None:
         """Add each finite number of the row as a scalar at ``step``."""
-        writer = self._open(step)
+        writer = self._open()
         for key, value in row.items():
-            if (
-                key != "epoch"
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
+            if key != "epoch" and _number(value):
                 writer.add_scalar(key, value, global_step=step)
         writer.flush()
 
+    def log_step(self, values: dict[str, float], step: int) -> None:
+        """Add the steps' values as scalars at ``step``."""
+        writer = self._open()
+        for key, value in values.items():
+            if _number(value):
+                writer.add_scalar(key, value, global_step=step)
+
     def finish(self, summary: dict[str, Any], exit_code: int) -> None:
-        """Add the summary as text and close the event file."""
-        writer = self._open(None)  # no row was logged: nothing to purge
+        """Add the config as hparams with the final figures, the summary as text, and close the event file."""
+        writer = self._open()
+        if self.config is not None:
+            final = {f"hparams/{k}": v for k, v in summary.items() if k.startswith(("final_", "best_")) and _number(v)}
+            writer.add_hparams(_hparams(self.config), final, run_name=".")  # into this run's own folder
         writer.add_text("summary", f"```\n{json.dumps(summary, indent=2, default=str)}\n```")
         writer.close()
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config flattened to dotted keys and the values TensorBoard's hparams take (others as text)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_hparams(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat

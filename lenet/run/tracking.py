@@ -36,6 +36,22 @@ def weights_file(run_dir: Path, dataset: str) -> Path:
     return run_dir / f"lenet_{dataset}.pth"
 
 
+class StepLogging(Callback):
+    """The training loss to the loggers every ``every`` steps: summed on the device, read once per ``every`` steps."""
+
+    def __init__(self, loggers: Loggers, every: int):
+        self.loggers, self.every = loggers, every
+        self.sum: Any = None
+        self.count = 0
+
+    def on_step_end(self, run: TrainState, loss: Any) -> None:
+        self.sum = loss.float() if self.sum is None else self.sum + loss.float()  # no host sync
+        self.count += 1
+        if run.step % self.every == 0:
+            self.loggers.log_step({"train_loss_step": self.sum.item() / self.count}, step=run.step)
+            self.sum, self.count = None, 0
+
+
 class Tracking(Callback):
     """Records one run: each epoch in metrics.jsonl and the loggers, the final weights, and the summary at the end."""
 
@@ -45,14 +61,15 @@ class Tracking(Callback):
         self.run_dir, self.epochs, self.weights = run_dir, epochs, weights
         self.loggers = loggers or Loggers()
         self.log = logger or log  # where its lines go: the run's console and train.log
+        self.steps_per_epoch = 1  # optimizer steps per epoch: the loggers' step of an earlier epoch's row
 
     def on_fit_start(self, run: TrainState) -> None:
         self._write_metrics(run.history)  # a resumed run drops epochs logged after its checkpoint was written
-        self.loggers.resume(run.history)
+        self.loggers.resume([(row, row["epoch"] * self.steps_per_epoch) for row in run.history])
 
     def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
         self._write_metrics(run.history)
-        self.loggers.log_row(row, step=row["epoch"])
+        self.loggers.log_row(row, step=run.step)
         val = f"  val_loss {row['val_loss']:.4f}  val_acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
         self.log.info(
             "epoch %d/%d  train_loss %.4f%s  test_loss %.4f  test_acc %.2f%%  lr %.3g  %.1fs",

@@ -27,6 +27,7 @@ from lenet.core.optim import Scheduler
 from lenet.core.schedules import constant
 from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lenet.train.callbacks import Callback, Callbacks, build_callbacks
+from lenet.train.ema import EMA
 from lenet.train.grad_clip import GradClip
 from lenet.train.loop import FitSettings, fit
 from lenet.train.state import TrainState
@@ -265,3 +266,27 @@ def test_each_run_of_a_fused_group_keeps_its_own_callbacks_as_alone():
             assert [r[key] for r in a.history] == pytest.approx([r[key] for r in b.history], rel=1e-6)  # fp32 sums
         for p, q in zip(a.eval_model.parameters(), b.eval_model.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-9)  # its own average, as alone
+
+
+def test_the_ema_decay_warms_up_so_a_short_run_is_not_its_initial_weights():
+    ema = EMA(decay=0.999)
+    assert [round(ema.decay_at(t), 3) for t in (0, 15, 350, 11_000, 10**6)] == [0.0, 0.843, 0.98, 0.998, 0.999]
+    assert EMA(decay=0.999, warmup=False).decay_at(0) == 0.999
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    start = [p.detach().clone() for p in model.parameters()]
+    run = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.1), None, F.cross_entropy, torch.Generator())
+    warm, cold = EMA(decay=0.999), EMA(decay=0.999, warmup=False)
+    for callback in (warm, cold):
+        callback.on_fit_start(run)
+    for _ in range(100):  # 100 steps of a short run, each moving every weight by 0.01
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)
+        warm.on_step_end(run, None)
+        cold.on_step_end(run, None)
+    moved = {
+        name: (next(e.average.module.parameters()) - start[0]).mean().item()
+        for name, e in (("warm", warm), ("cold", cold))
+    }
+    assert moved["warm"] > 0.8 and moved["cold"] < 0.1  # the warm average follows the weights; the cold one barely

@@ -293,7 +293,11 @@ def test_a_full_disk_mid_run_fails_in_one_line_and_leaves_the_summary_of_what_wa
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         result = run_train(*LONG, f"hydra.run.dir={disk / 'run'}", cwd=tmp_path)
-        one_line(result, "no space left on the disk of", "free some space and continue with trainer.resume=true")
+        one_line(
+            result,
+            "no space left on the disk of",
+            "free some space and continue with: python train.py trainer.resume=true",
+        )
         summary = read_json(disk / "run" / "summary.json")
         assert summary["status"] == "failed" and "No space left" in summary["error"]
         assert summary["epochs_completed"] == len(read_jsonl(disk / "run" / "metrics.jsonl")) >= 1

@@ -41,14 +41,14 @@ def interrupt(args, cwd, metrics):
 def test_the_printed_resume_command_continues_the_run_with_nothing_retyped(tmp_path):
     run_in_process(tmp_path, "full", *ARGS)  # the uninterrupted reference
     line = interrupt([*ARGS, "hydra.run.dir=part"], tmp_path, tmp_path / "part" / "metrics.jsonl")
-    command = line.split("continue with ")[1]
-    assert command == f"trainer.resume=true hydra.run.dir={tmp_path / 'part'}"  # only these: the run keeps its own
-    resumed = run_train(*shlex.split(command), cwd=tmp_path)
+    command = line.split("continue it with: ")[1]  # a whole command, as a stopped sweep prints its own
+    assert command == f"python train.py trainer.resume=true hydra.run.dir={tmp_path / 'part'}"  # the run keeps the rest
+    resumed = run_train(*shlex.split(command)[2:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert without_time(read_jsonl(tmp_path / "part" / "metrics.jsonl")) == without_time(
         read_jsonl(tmp_path / "full" / "metrics.jsonl")
     )
-    changed = run_train(*shlex.split(command), "optimizer.lr=0.5", "trainer.epochs=4", cwd=tmp_path)
+    changed = run_train(*shlex.split(command)[2:], "optimizer.lr=0.5", "trainer.epochs=4", cwd=tmp_path)
     assert changed.returncode == 1 and changed.stderr.count("\n") == 1
     assert "it was made with optimizer.lr=0.001 (now 0.5), trainer.epochs=3 (now 4)" in changed.stderr
 

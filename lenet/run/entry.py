@@ -94,6 +94,11 @@ def _failed_summary(job: JobInfo, error: str) -> None:
     record_failure(job.run_dir, job.overrides, error)
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues a single run, as a sweep's stop prints its own: nothing else retyped."""
+    return f"python train.py trainer.resume=true hydra.run.dir={shlex.quote(str(run_dir))}"
+
+
 def bug_line(error: BaseException) -> str:
     """A bug in one line: the exception, and where it was raised (the innermost frame)."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -112,7 +117,7 @@ def interrupted_message(signal_name: str, run_dir: Path, sweep_dir: Optional[Pat
     if (run_dir / CHECKPOINT_FILE).is_file():
         kept = (
             f"the checkpoint of the last finished epoch is kept in {run_dir}; "
-            f"continue with trainer.resume=true hydra.run.dir={shlex.quote(str(run_dir))}"
+            f"continue it with: {resume_command(run_dir)}"
         )
     else:
         kept = "no epoch had finished, so there is no checkpoint to continue from; run it again to start over"

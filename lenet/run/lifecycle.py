@@ -330,7 +330,7 @@ def _explained(error: BaseException, cfg: Config, job: JobInfo, run: Optional[Tr
         )
         return DiskFull(
             f"no space left on the disk of {job.run_dir} ({error.strerror}); {kept}; free some space and "
-            f"continue with trainer.resume=true hydra.run.dir={job.run_dir}"
+            f"continue with: python train.py trainer.resume=true hydra.run.dir={job.run_dir}"
         )
     return error
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "src" / "lenet" / "conf"  # the config groups, shipped inside the package
 REAL_DATA = REPO.parent / "shared" / "data"  # a real MNIST copy, present on the project's machines only
 
 
@@ -124,7 +125,7 @@ def compose_config(*overrides: str):
     from lenet.run.config import register_configs, to_typed
 
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=[*SYNTHETIC, *overrides])
     return to_typed(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -13,7 +13,6 @@ from lenet.core.models import build_model, list_models, list_poolings
 from lenet.core.optim import build_optimizer, build_scheduler
 from lenet.run.config import Config, Precision, Resize, register_configs, to_typed
 
-CONF = REPO / "conf"
 GROUPS = ["model", "pooling", "loss", "optimizer", "scheduler", "data", "device", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 

@@ -3,7 +3,7 @@
 import logging
 
 import pytest
-from conftest import REPO, doc_block, read_json, read_jsonl, run_train
+from conftest import CONF, doc_block, read_json, read_jsonl, run_train
 from hydra import compose, initialize_config_dir
 
 from lenet.core.errors import ConfigError
@@ -138,13 +138,13 @@ def test_tensorboard_of_a_resumed_run_ends_as_its_checkpoint_history(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in (REPO / "conf" / "logger").glob("*.yaml")))
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "logger").glob("*.yaml")))
 def test_every_logger_option_builds_and_finishes(option, tmp_path, monkeypatch):
     if option == "tensorboard":
         pytest.importorskip("tensorboard")
     monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own no-op run: no files, no service
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = to_typed(compose("config", overrides=[f"logger={option}"]))
     loggers = build_loggers(cfg.logger, {"run_dir": tmp_path, "config": {"seed": 0}})
     assert list(loggers.loggers) == ([] if option == "none" else [option])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import CONF
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -16,7 +16,7 @@ METRICS = ["epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"
 
 
 def option(group, name):
-    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"))
+    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
 
 
 def lrs(make_scheduler, steps, lr=0.05):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, run_in_process
+from conftest import CONF, REPO, run_in_process
 
 from lenet.core.errors import UserError
 from lenet.run.folders import FolderError, check_fresh, check_job_folder, hold, holding, release
@@ -138,7 +138,7 @@ def untrusted_run(tmp_path, model_node, part="model"):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=["data=synthetic"])
     cfg[part] = OmegaConf.create(model_node)
     OmegaConf.save(cfg, config / "config.yaml")

@@ -24,9 +24,9 @@ from lenet.core.data import Split, load_dataset
 from lenet.core.models import create_model
 from lenet.core.optim import Scheduler, build_optimizer
 from lenet.core.schedules import onecycle
-from lenet.train.callbacks import Callbacks
-from lenet.train.loop import FitSettings, train_epoch
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.loop import FitSettings, train_epoch
+from lenet.training.state import TrainState
 
 
 def old_loop(checkout: Path):

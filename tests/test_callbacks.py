@@ -26,11 +26,11 @@ from lenet.core.models import create_model
 from lenet.core.optim import Scheduler
 from lenet.core.schedules import constant
 from lenet.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from lenet.train.callbacks import Callback, Callbacks, build_callbacks
-from lenet.train.ema import EMA
-from lenet.train.grad_clip import GradClip
-from lenet.train.loop import FitSettings, fit
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callback, Callbacks, build_callbacks
+from lenet.training.ema import EMA
+from lenet.training.grad_clip import GradClip
+from lenet.training.loop import FitSettings, fit
+from lenet.training.state import TrainState
 
 
 def small_run(lr=0.05):
@@ -228,9 +228,9 @@ def test_a_callback_state_a_checkpoint_could_not_load_is_refused_when_it_is_firs
 def test_each_run_of_a_fused_group_keeps_its_own_callbacks_as_alone():
     from lenet.core.optim import Scheduler
     from lenet.core.schedules import onecycle
-    from lenet.train.ema import EMA
-    from lenet.train.fused import VmappedSteps
-    from lenet.train.loop import fit_group
+    from lenet.training.ema import EMA
+    from lenet.training.fused import VmappedSteps
+    from lenet.training.loop import fit_group
 
     g = torch.Generator().manual_seed(0)
     data = Split(

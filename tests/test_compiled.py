@@ -9,10 +9,10 @@ from lenet.core.metrics import build_metrics
 from lenet.core.models import create_model
 from lenet.core.optim import Scheduler
 from lenet.core.schedules import constant
-from lenet.train.callbacks import Callbacks
-from lenet.train.compiled import precompile
-from lenet.train.loop import FitSettings, autocast, fit
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.compiled import precompile
+from lenet.training.loop import FitSettings, autocast, fit
+from lenet.training.state import TrainState
 
 
 class CountingBackend:

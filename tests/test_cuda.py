@@ -41,9 +41,9 @@ def test_a_model_that_syncs_in_its_forward_trains_eagerly_under_auto():
     from lenet.core.models import create_model
     from lenet.core.optim import Scheduler, build_optimizer
     from lenet.core.schedules import constant
-    from lenet.train.callbacks import Callbacks
-    from lenet.train.loop import FitSettings, fit
-    from lenet.train.state import TrainState
+    from lenet.training.callbacks import Callbacks
+    from lenet.training.loop import FitSettings, fit
+    from lenet.training.state import TrainState
 
     class Syncing(torch.nn.Module):
         def __init__(self):
@@ -72,9 +72,9 @@ def test_a_fused_group_on_cuda_gives_each_model_its_own_gradients():
 
     from lenet.core.optim import Scheduler
     from lenet.core.schedules import onecycle
-    from lenet.train.callbacks import Callbacks
-    from lenet.train.fused import FusedGroup, MemberState, fused_train_epoch
-    from lenet.train.loop import FitSettings
+    from lenet.training.callbacks import Callbacks
+    from lenet.training.fused import FusedGroup, MemberState, fused_train_epoch
+    from lenet.training.loop import FitSettings
 
     split = data(torch.float32)
     split.images, split.labels = split.images.cuda(), split.labels.cuda()

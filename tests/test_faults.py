@@ -129,7 +129,7 @@ def test_a_completed_job_whose_checkpoint_is_gone_is_a_failure_of_the_resumed_sw
 
 STUCK = """\
 import time
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 
 class Stuck(Callback):
@@ -356,7 +356,7 @@ def test_a_bug_in_your_own_code_keeps_its_traceback_in_train_log_and_is_one_line
 @pytest.mark.slow
 def test_a_callback_may_stop_the_run_from_any_hook_even_before_its_first_epoch(tmp_path):
     (tmp_path / "stops.py").write_text(
-        "from lenet.train.callbacks import Callback\n\n\nclass StopAtOnce(Callback):\n"
+        "from lenet.training.callbacks import Callback\n\n\nclass StopAtOnce(Callback):\n"
         "    def on_fit_start(self, run):\n        run.request_stop('nothing to do')\n"
     )
     overrides = ["+callbacks.stop._target_=stops.StopAtOnce", *TINY, "hydra.run.dir=run"]

@@ -22,10 +22,10 @@ from lenet.core.models import create_model
 from lenet.core.optim import Scheduler
 from lenet.core.schedules import onecycle
 from lenet.run.group import fused_key
-from lenet.train.callbacks import Callbacks
-from lenet.train.fused import VmappedSteps, draws_random_numbers
-from lenet.train.loop import FitSettings, fit_group, train_epoch, train_epochs
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.fused import VmappedSteps, draws_random_numbers
+from lenet.training.loop import FitSettings, fit_group, train_epoch, train_epochs
+from lenet.training.state import TrainState
 
 TINY = [
     "logger=none",

@@ -17,11 +17,11 @@ from lenet.core.metrics import build_metrics
 from lenet.core.models import create_model
 from lenet.core.optim import Scheduler, build_optimizer
 from lenet.core.schedules import onecycle
-from lenet.train.callbacks import Callback, Callbacks
-from lenet.train.grad_clip import GradClip
-from lenet.train.graphed_step import WARMUP_STEPS, EagerReplay, tensor_lrs, use_graphs, why_not_graphed
-from lenet.train.loop import FitSettings, fit
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callback, Callbacks
+from lenet.training.grad_clip import GradClip
+from lenet.training.graphed_step import WARMUP_STEPS, EagerReplay, tensor_lrs, use_graphs, why_not_graphed
+from lenet.training.loop import FitSettings, fit
+from lenet.training.state import TrainState
 
 BATCH, N = 32, 200  # 6 full batches and one of 8 per epoch
 
@@ -136,7 +136,7 @@ def test_resuming_a_captured_run_ends_as_the_uninterrupted_one():
 def test_a_scheduler_that_changes_momentum_turns_graphs_off_for_the_rest_of_the_run(caplog):
     cycle = lambda o: Scheduler(torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=14), "step")  # noqa: E731
     eager = train(run_with(momentum=0.9, schedule=cycle), "false")
-    with caplog.at_level(logging.INFO, logger="lenet.train.graphed_step"):
+    with caplog.at_level(logging.INFO, logger="lenet.training.graphed_step"):
         graphed = train(run_with(momentum=0.9, schedule=cycle), "auto")
     assert "CUDA graphs off: the scheduler changes momentum (from step 4)" in caplog.text
     for a, b in zip(params(eager), params(graphed)):
@@ -145,7 +145,7 @@ def test_a_scheduler_that_changes_momentum_turns_graphs_off_for_the_rest_of_the_
 
 def test_a_step_that_cannot_be_captured_runs_eagerly_under_auto_and_fails_under_true(caplog):
     eager = train(run_with(), "false")
-    with caplog.at_level(logging.INFO, logger="lenet.train.graphed_step"):
+    with caplog.at_level(logging.INFO, logger="lenet.training.graphed_step"):
         fallback = train(run_with(), "auto", capture=Failing)
     assert "CUDA graphs off: capturing the step failed: RuntimeError" in caplog.text
     for a, b in zip(params(eager), params(fallback)):
@@ -182,7 +182,7 @@ def test_lbfgs_is_never_captured():
 
 def test_the_setting_decides_with_the_reason(caplog):
     assert use_graphs("auto", None, True) and use_graphs("true", None, True) and not use_graphs("false", None, True)
-    with caplog.at_level(logging.INFO, logger="lenet.train.graphed_step"):
+    with caplog.at_level(logging.INFO, logger="lenet.training.graphed_step"):
         assert not use_graphs("auto", "the device is cpu, not cuda", on_cuda=False)  # nothing to say on a CPU
         assert not use_graphs("auto", "LBFGS evaluates the loss several times per step", on_cuda=True)
     assert caplog.messages == ["CUDA graphs off: LBFGS evaluates the loss several times per step"]

@@ -10,9 +10,9 @@ from lenet.core.metrics import build_metrics
 from lenet.core.models import create_model
 from lenet.core.optim import Scheduler
 from lenet.core.schedules import constant
-from lenet.train.callbacks import Callbacks
-from lenet.train.loop import FitSettings, evaluate, fit, train_epoch
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.loop import FitSettings, evaluate, fit, train_epoch
+from lenet.training.state import TrainState
 
 
 def data(n=256, seed=0):

@@ -62,7 +62,7 @@ def group_key(config: DictConfig) -> Optional[str]:
     """The key of a job's group (None: it trains alone), from what the one assembler builds for it."""
     from lenet.run.group import fused_key
     from lenet.run.preflight import preflight, task_config
-    from lenet.train.fused import draws_random_numbers
+    from lenet.training.fused import draws_random_numbers
 
     try:
         cfg, assembly = preflight(config)

@@ -10,7 +10,7 @@ import logging
 from typing import Any, Dict, Optional
 
 from lenet.core.errors import Pruned
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from lenet.run.config import Config, Precision
 from lenet.run.job import JobInfo
 from lenet.run.loggers import build_loggers, check_loggers
 from lenet.run.tracking import Tracking
-from lenet.train.callbacks import build_callbacks
-from lenet.train.compiled import compile_model
-from lenet.train.loop import FitSettings
-from lenet.train.state import TrainState
+from lenet.training.callbacks import build_callbacks
+from lenet.training.compiled import compile_model
+from lenet.training.loop import FitSettings
+from lenet.training.state import TrainState
 
 METRIC_KEYS = ["epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]  # the harness's
 log = logging.getLogger(__name__)

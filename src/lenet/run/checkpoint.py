@@ -13,8 +13,8 @@ from lenet.core.errors import CheckpointError, ConfigError
 from lenet.core.metrics import best_row
 from lenet.run.config import changed_keys
 from lenet.run.files import save_torch
-from lenet.train.callbacks import Callback
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callback
+from lenet.training.state import TrainState
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # the state's own keys (step, epoch, callbacks, stop_reason: read with defaults from older checkpoints) and ours

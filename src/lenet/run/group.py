@@ -1,13 +1,13 @@
 """Jobs of one sweep trained together (``hydra/launcher=fused``): which may, and how; each still lives the one life.
 
 Jobs may share a program when they share everything but their seed and the optimizer's scalar settings
-(``fused_key``), their model draws no random numbers in its forward (``lenet.train.fused``), and nothing
+(``fused_key``), their model draws no random numbers in its forward (``lenet.training.fused``), and nothing
 ties a run to its own step (torch.compile, ``trainer.cuda_graphs=true``). ``run_group`` trains them: each
 member is a ``lenet.run.lifecycle.Life`` (assembled by the one assembler, the data loaded once per
 process, its own callbacks, checkpoints, summary and loggers), and
 
 - ``vmapped`` (the default on a GPU): the lives go through one ``fit_group`` whose steps are one program
-  for all (``lenet.train.fused.VmappedSteps``);
+  for all (``lenet.training.fused.VmappedSteps``);
 - ``threads`` (the default elsewhere, where grouped convolutions are slower than the members' own steps:
   docs/performance.md): each member is a run of its own on a thread of its own, the process's cores
   shared out among them.
@@ -29,7 +29,7 @@ from lenet.run.job import JobInfo
 from lenet.run.lifecycle import Life, run_lives
 from lenet.run.outcome import Outcome
 from lenet.run.threads import available_cores
-from lenet.train.fused import VmappedSteps
+from lenet.training.fused import VmappedSteps
 
 log = logging.getLogger(__name__)
 # what the members of a group may differ in: their seed and the optimizer's scalar settings, and what does not

@@ -2,7 +2,7 @@
 
 ``Life`` is one run's, from its first record to its summary; ``run_lives`` drives one life, or the lives
 of a fused group together through the same ``fit`` with the same callbacks, so a run's life has one home.
-The loop (``lenet.train.loop``) does the training; the harness adds its callbacks to the run's own:
+The loop (``lenet.training.loop``) does the training; the harness adds its callbacks to the run's own:
 ``StopOnSignal`` (Ctrl-C, SIGTERM), ``BestWeights`` (best.pth), ``Checkpointing`` and ``Tracking``
 (metrics.jsonl, weights, loggers). The summary is finished and written however the run ends.
 """
@@ -44,9 +44,9 @@ from lenet.run.outcome import (
 from lenet.run.progress import ProgressBar
 from lenet.run.threads import set_threads
 from lenet.run.tracking import BEST_WEIGHTS, StepLogging, Tracking, weights_file
-from lenet.train.callbacks import Callbacks
-from lenet.train.loop import FitSettings, Steps, fit_group
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.loop import FitSettings, Steps, fit_group
+from lenet.training.state import TrainState
 
 log = logging.getLogger(__name__)
 

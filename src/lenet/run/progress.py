@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 
 class ProgressBar(Callback):

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 from lenet.core.errors import Interrupted
 from lenet.run.context import job_context
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Optional
 from lenet.run.files import save_torch, write_text
 from lenet.run.loggers import Loggers
 from lenet.run.outcome import write_summary
-from lenet.train.callbacks import Callback
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callback
+from lenet.training.state import TrainState
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"

@@ -23,7 +23,7 @@ from lenet.core.losses import build_loss
 from lenet.core.metrics import build_metrics
 from lenet.run.files import check_writable_name, save_figure, write_text
 from lenet.tools.inference import Run, add_loading_arguments, load_run
-from lenet.train.loop import evaluate as evaluate_model
+from lenet.training.loop import evaluate as evaluate_model
 
 GRID_COLUMNS = 10
 MAX_SHOWN = 100  # misclassified images in the grid

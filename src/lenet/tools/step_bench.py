@@ -22,9 +22,9 @@ from lenet.core.models import create_model
 from lenet.core.optim import Scheduler, build_optimizer
 from lenet.core.schedules import constant
 from lenet.run.threads import available_cores
-from lenet.train.callbacks import Callbacks
-from lenet.train.loop import FitSettings, train_epoch
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.loop import FitSettings, train_epoch
+from lenet.training.state import TrainState
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 
 class GradClip(Callback):

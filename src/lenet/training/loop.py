@@ -23,10 +23,10 @@ from torch import nn
 from lenet.core.data import Split
 from lenet.core.errors import DivergedError
 from lenet.core.metrics import Metric, build_metrics, compute
-from lenet.train.callbacks import Callbacks
-from lenet.train.compiled import precompile
-from lenet.train.graphed_step import Capture, CudaGraph, GraphedStep, use_graphs, why_not_graphed
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.compiled import precompile
+from lenet.training.graphed_step import Capture, CudaGraph, GraphedStep, use_graphs, why_not_graphed
+from lenet.training.state import TrainState
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 SPLITS = ("val", "test")  # evaluated after every epoch, in this order
@@ -44,7 +44,7 @@ class FitSettings:
     bf16: bool = False  # autocast forward and loss to bfloat16
     augment: Optional[Augmentation] = None  # of each training batch, with the run's generator
     metrics: Optional[dict[str, Metric]] = None  # accuracy and these, per epoch, on each split
-    cuda_graphs: str = "false"  # auto | true | false: capture the step of full batches (lenet.train.graphed_step)
+    cuda_graphs: str = "false"  # auto | true | false: capture the step of full batches (lenet.training.graphed_step)
     capture: Optional[Callable[[], Capture]] = None  # how a step is captured; None: a CUDA graph
     val: Optional[Split] = None  # the validation split (None: data.val_size=0)
 
@@ -200,7 +200,7 @@ def train_step(
 
     The loss goes through a closure, so optimizers that evaluate it several times per step (LBFGS)
     work as well. The same code is what a CUDA graph captures. A compiled model takes full batches only
-    (lenet.train.compiled): a smaller last batch goes through the model itself.
+    (lenet.training.compiled): a smaller last batch goes through the model itself.
     """
     compiled = run.compiled is not None and len(x) == settings.batch_size
     forward = run.compiled if compiled else run.model

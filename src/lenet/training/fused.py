@@ -20,9 +20,9 @@ from torch.func import functional_call, vmap
 
 from lenet.core.data import Split
 from lenet.core.metrics import build_metrics, compute
-from lenet.train.callbacks import Callbacks
-from lenet.train.loop import FitSettings, autocast
-from lenet.train.state import TrainState
+from lenet.training.callbacks import Callbacks
+from lenet.training.loop import FitSettings, autocast
+from lenet.training.state import TrainState
 
 
 def draws_random_numbers(model: nn.Module, sample: torch.Tensor) -> bool:
@@ -73,7 +73,7 @@ def _once(loss: torch.Tensor) -> Callable[[], torch.Tensor]:
 
 
 class VmappedSteps:
-    """Steps and evaluation of a fused group's runs as one program (``lenet.train.loop.Steps``)."""
+    """Steps and evaluation of a fused group's runs as one program (``lenet.training.loop.Steps``)."""
 
     def __init__(self, settings: FitSettings):
         self.settings = settings

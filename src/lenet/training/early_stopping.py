@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional
 
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 
 class EarlyStopping(Callback):

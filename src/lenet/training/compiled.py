@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lenet.core.data import Split
-from lenet.train.state import global_rng_state, set_global_rng_state
+from lenet.training.state import global_rng_state, set_global_rng_state
 
 
 def compile_model(model: nn.Module) -> nn.Module:

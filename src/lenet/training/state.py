@@ -47,7 +47,7 @@ def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
 def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's state as built from the config: a captured step's tensor lrs and capturable flags undone.
 
-    So that a checkpoint resumes the same on any device, graphs or not (lenet.train.graphed_step).
+    So that a checkpoint resumes the same on any device, graphs or not (lenet.training.graphed_step).
     """
     state = optimizer.state_dict()
     for group in state["param_groups"]:  # copies of the optimizer's groups

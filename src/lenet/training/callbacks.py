@@ -1,6 +1,6 @@
 """Callbacks: how a run's loop is varied without editing it.
 
-A callback is any object with any of these methods (``lenet.train.callbacks.Callback`` lists them,
+A callback is any object with any of these methods (``lenet.training.callbacks.Callback`` lists them,
 doing nothing, for those who like a base class):
 
 - ``on_fit_start(run)``: before the first step (also of a resumed run, after its state is restored);
@@ -16,7 +16,7 @@ doing nothing, for those who like a base class):
 - ``state_dict()`` / ``load_state_dict(state)``: its state, saved in every checkpoint and restored on
   resume (tensors, numbers, strings and containers of them).
 
-``run`` is the ``lenet.train.state.TrainState``: ``model``, ``optimizer``, ``step``, ``epoch``,
+``run`` is the ``lenet.training.state.TrainState``: ``model``, ``optimizer``, ``step``, ``epoch``,
 ``history``, ``run_dir``, ``config``, ``request_stop(reason)``, ... The ``callbacks`` config group
 holds them as a dict of ``_target_`` nodes, as ``logger`` does: ``callbacks=[ema,early_stopping]``.
 """

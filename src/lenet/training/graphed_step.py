@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lenet.core.errors import ConfigError
-from lenet.train.callbacks import implements
+from lenet.training.callbacks import implements
 
 log = logging.getLogger(__name__)
 

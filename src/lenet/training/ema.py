@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from lenet.train.callbacks import Callback
+from lenet.training.callbacks import Callback
 
 
 class EMA(Callback):

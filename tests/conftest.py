@@ -52,7 +52,9 @@ def mnist_root(tmp_path: Path) -> Path:
 
 
 def _train_env(env: dict | None) -> dict:
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    # PYTHONSAFEPATH: the checkout's root is not put on the path, so a file a user left there (my_nets.py) never
+    # hides the module a test writes (Python >= 3.11; lenet itself comes from the install's src/)
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONSAFEPATH": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return full_env
 

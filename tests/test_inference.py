@@ -195,3 +195,18 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
         load_run(tmp_path)
     result = module("lenet.tools.predict", str(tmp_path), "x.png", cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_tools_run_from_the_folder_that_holds_a_clone_named_lenet(tmp_path, avg_run):
+    clone = tmp_path / "lenet"  # a checkout as `git clone .../lenet` names it, seen from its parent folder
+    (clone / "bench").mkdir(parents=True)
+    (clone / "train.py").write_text("raise SystemExit('the clone shadowed the package')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "lenet.evaluate", str(avg_run)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0 and "test accuracy" in result.stdout, result.stderr
+    bench = subprocess.run(
+        [sys.executable, "-m", "lenet.bench", "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert bench.returncode == 0 and "usage:" in bench.stdout, bench.stderr  # not the clone's bench/ folder

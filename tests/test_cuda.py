@@ -67,22 +67,24 @@ def test_a_model_that_syncs_in_its_forward_trains_eagerly_under_auto():
     assert run.notes["cuda_graphs_off"].startswith("capturing the step failed")
 
 
-def test_a_fused_group_on_cuda_gives_each_model_its_own_gradients():
-    from test_fused import LRS, data, models
+def test_a_fused_group_on_cuda_gives_each_model_its_own_updates_as_alone():
+    from test_fused import data, runs
 
-    from lenet.core.optim import Scheduler
-    from lenet.core.schedules import onecycle
     from lenet.training.callbacks import Callbacks
-    from lenet.training.fused import FusedGroup, MemberState, fused_train_epoch
-    from lenet.training.loop import FitSettings
+    from lenet.training.fused import VmappedSteps
+    from lenet.training.loop import FitSettings, train_epoch, train_epochs
 
     split = data(torch.float32)
     split.images, split.labels = split.images.cuda(), split.labels.cuda()
-    fused_models = [m.float().cuda() for m in models()]
-    params = [{n: p.detach().clone().requires_grad_() for n, p in m.named_parameters()} for m in fused_models]
-    optimizer = torch.optim.SGD([{"params": list(p.values()), "lr": lr} for p, lr in zip(params, LRS)])
-    group = FusedGroup(fused_models[0], [], optimizer, Scheduler(onecycle(optimizer, 30), "step"), F.cross_entropy)
-    for i, p in enumerate(params):
-        group.members.append(MemberState(group, i, p, torch.Generator().manual_seed(i), torch.get_rng_state()))
-    losses = fused_train_epoch(group, FitSettings(train=split, test=split, epochs=1, batch_size=64), Callbacks())
-    assert len(losses) == 3 and all(0 < v < 10 for v in losses.values())
+    settings = FitSettings(train=split, test=split, epochs=1, batch_size=64)
+    fused, alone = runs(dtype=torch.float32), runs(dtype=torch.float32)
+    for run in (*fused, *alone):
+        run.model.cuda()
+    steps = VmappedSteps(settings)
+    steps.prepare(fused, settings, [Callbacks() for _ in fused])
+    losses = train_epochs(fused, settings, [Callbacks() for _ in fused], steps)
+    assert len(losses) == 3 and all(0 < v < 10 for v in losses)
+    for a, b in zip(fused, alone):
+        train_epoch(b, settings, Callbacks())
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

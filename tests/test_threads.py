@@ -90,3 +90,15 @@ def test_the_same_command_gives_the_same_rows_on_a_quiet_and_on_a_busy_machine(t
     assert without_time(read_jsonl(tmp_path / "quiet" / "metrics.jsonl")) == without_time(
         read_jsonl(tmp_path / "busy" / "metrics.jsonl")
     )
+
+
+def test_a_busy_machine_is_said_in_one_line_only_where_the_default_count_cannot_have_its_cores(monkeypatch):
+    from lenet.run import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (4.6, 4.0, 3.0))
+    line = threads.busy_machine(2)
+    assert "load 4.6 on 2 cores" in line and "device.num_threads=1" in line and "probe" in line and "\n" not in line
+    assert threads.busy_machine(1) is None  # one thread: nothing fewer to choose
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert threads.busy_machine(2) is None  # a quiet machine

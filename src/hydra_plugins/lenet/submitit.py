@@ -159,8 +159,9 @@ class LocalLauncher(_JobByJob):
             job._process.send_signal(signal.SIGTERM)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """As the plugin's, the jobs sharing this machine's cores."""
-        self.parallel_jobs = max(1, min(len(job_overrides), int(self.params.get("array_parallelism") or 1)))
+        """As the plugin's, the jobs sharing this machine's cores: submitit starts them all at once, so each takes
+        the share of the cores the processes launcher would give it (and the same thread count: the same results)."""
+        self.parallel_jobs = max(1, len(job_overrides))
         return super().launch(job_overrides, initial_job_idx)
 
 

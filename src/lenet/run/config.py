@@ -109,7 +109,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     precision: Precision = Precision.fp32
     compile: bool = False  # torch.compile the model
-    cuda_graphs: Any = "auto"  # auto | true | false: capture the training step as a CUDA graph (CUDA only)
+    cuda_graphs: Any = False  # auto | true | false: capture the training step as a CUDA graph (CUDA only; see conf)
     channels_last: bool = True  # NHWC memory format for the model's activations
     resume: bool = False  # continue from checkpoint.pt in the run dir (pass hydra.run.dir=...)
     progress: Optional[bool] = None  # progress bar; null: only when stderr is a terminal

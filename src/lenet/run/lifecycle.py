@@ -145,6 +145,7 @@ class Life:
             checkpoint and checkpoint.get("num_threads"),
             self.settings.train.images.device,
             job_context().parallel_jobs,
+            self.log,
         )
         self.summary.update(num_threads=threads, num_threads_probe={str(n): s for n, s in probe.items()} or None)
         if checkpoint is None:

@@ -15,7 +15,7 @@ import logging
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -115,12 +115,34 @@ def choose_num_threads(
     return probe_num_threads(budget)
 
 
+def busy_machine(threads: int) -> Optional[str]:
+    """One line when the machine's load leaves a job fewer free cores than its ``threads`` (None otherwise).
+
+    The load is the OS's one-minute average of runnable processes (this sweep's other jobs included): the
+    cores it leaves free are what this job's threads share; with fewer, every step waits for a busy core.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not every OS reports it
+        return None
+    cores = available_cores()
+    if threads <= 1 or cores - load >= threads - 0.5:
+        return None
+    return (
+        f"the machine is busy (load {load:.1f} on {cores} cores): this job's {threads} CPU threads share the cores "
+        "other work leaves, and every step waits for the slowest (seen here: an epoch 6x slower with 2 threads "
+        "than with 1 under a load of 4-6); the default keeps results repeatable, device.num_threads=1 or "
+        "device.num_threads=probe (the fastest count now, not repeatable) trade that for speed"
+    )
+
+
 def set_threads(
-    pinned: int | str | None, saved: int | None, device: torch.device, parallel_jobs: int
+    pinned: int | str | None, saved: int | None, device: torch.device, parallel_jobs: int, logger: Any = None
 ) -> tuple[int, dict]:
     """Set torch's CPU threads: a resumed run's own count ``saved`` (its results depend on it), else as chosen.
 
-    Returns the count and the probe's seconds per step (empty when it did not run).
+    Returns the count and the probe's seconds per step (empty when it did not run). A default count on a
+    busy machine is said in one line (``busy_machine``).
     """
     if saved:
         if pinned is not None and pinned != saved:
@@ -132,5 +154,9 @@ def set_threads(
             )
         pinned = saved
     num_threads, probe = choose_num_threads(pinned, device, parallel_jobs)
+    if pinned is None and device.type == "cpu":
+        warning = busy_machine(num_threads)
+        if warning:
+            (logger or log).warning("%s", warning)
     torch.set_num_threads(num_threads)
     return num_threads, probe

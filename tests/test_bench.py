@@ -86,6 +86,34 @@ def test_process_mode_times_train_py_against_the_usual_script(tmp_path):
 
 
 @pytest.mark.slow
+def test_interleaved_mode_times_each_candidate_round_after_round(tmp_path):
+    write_mnist(tmp_path / "MNIST" / "raw", n_train=256, n_test=64)
+    out = bench(
+        "interleaved",
+        "--root",
+        str(tmp_path),
+        "--rounds",
+        "2",
+        "--override",
+        "trainer.epochs=1",
+        "--candidate",
+        "trainer.batch_size=32",
+        "--candidate",
+        "trainer.batch_size=64 optimizer=adam",
+        "--json",
+        cwd=REPO,
+    )
+    report = json.loads(out)
+    assert [c["overrides"] for c in report["candidates"]] == [
+        ["trainer.batch_size=32"],
+        ["trainer.batch_size=64", "optimizer=adam"],
+    ]
+    for candidate in report["candidates"]:
+        assert len(candidate["seconds_per_epoch_each_round"]) == 2 and candidate["seconds_per_epoch"] > 0
+        assert candidate["process_seconds"] > candidate["seconds_per_epoch"]
+
+
+@pytest.mark.slow
 def test_reference_script_logs_to_wandb_like_a_usual_script(tmp_path):
     from wandb_records import OfflineRun
 

@@ -5,6 +5,8 @@
     lenet-bench process --logger wandb                    # both logging to W&B (offline)
     lenet-bench reference [--epochs 2]                    # the usual script alone
     lenet-bench reach --target 0.99 --override device=cuda ...  # time for train.py to reach an accuracy
+    lenet-bench interleaved --candidate "trainer.batch_size=128" --candidate "trainer.batch_size=256" \
+        [--epochs 2] [--rounds 3] [--override KEY=VALUE ...]  # candidates' train.py, round after round
 
 (or ``python -m lenet.bench ...``). ``--root`` holds MNIST/raw (default ``data``, as train.py's
 ``data.root``); the modes that run ``train.py`` take the one in the current directory unless
@@ -178,6 +180,46 @@ def bench_reach(overrides: list[str], target: float, train: Path = Path("train.p
     return report
 
 
+def bench_interleaved(
+    candidates: list[list[str]], overrides: list[str], rounds: int, train: Path = Path("train.py")
+) -> dict[str, Any]:
+    """Whole processes of ``train.py`` for each candidate (a list of overrides), one of each per round, in turn:
+    each one's seconds per epoch and process seconds (medians over rounds), measured in the same minutes."""
+    import tempfile
+
+    measured: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(candidates))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for i, candidate in enumerate(candidates):
+                run_dir = Path(tmp) / f"{i}-{r}"
+                cmd = [sys.executable, str(train), "logger=none", *overrides, *candidate, f"hydra.run.dir={run_dir}"]
+                start = time.perf_counter()
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                seconds = time.perf_counter() - start
+                summary = read_summary(run_dir) or {}
+                measured[i].append(
+                    {
+                        "process_seconds": seconds,
+                        "seconds_per_epoch": summary.get("seconds_per_epoch"),
+                        "final_test_acc": summary.get("final_test_acc"),
+                    }
+                )
+    report: dict[str, Any] = {"candidates": [], **machine()}
+    for i, candidate in enumerate(candidates):
+        runs = measured[i]
+        report["candidates"].append(
+            {
+                "overrides": candidate,
+                "process_seconds": statistics.median(x["process_seconds"] for x in runs),
+                "seconds_per_epoch": statistics.median(x["seconds_per_epoch"] for x in runs),
+                "seconds_per_epoch_each_round": [x["seconds_per_epoch"] for x in runs],
+                "process_seconds_each_round": [x["process_seconds"] for x in runs],
+            }
+        )
+    report["rounds"], report["overrides"] = rounds, overrides
+    return report
+
+
 def _print_steps(report: dict[str, Any]) -> None:
     s = report["setup"]
     print(f"{s['device']}, batch {s['batch_size']}, {s['steps']} steps x {s['rounds']} rounds, ", end="")
@@ -213,7 +255,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Command line; see the module docstring."""
     prog = "lenet-bench" if Path(sys.argv[0]).name == "lenet-bench" else "python -m lenet.bench"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="steps", choices=["steps", "process", "reference", "reach"])
+    parser.add_argument(
+        "mode", nargs="?", default="steps", choices=["steps", "process", "reference", "reach", "interleaved"]
+    )
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default: data)")
     parser.add_argument(
         "--train",
@@ -237,8 +281,26 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--wandb-dir", type=Path, help="reference mode: log to W&B offline in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--target", type=float, default=0.99, help="reach mode: the test accuracy to reach")
-    parser.add_argument("--override", action="append", default=[], help="reach mode: a train.py override (repeat)")
+    parser.add_argument(
+        "--override", action="append", default=[], help="reach and interleaved modes: a train.py override (repeat)"
+    )
+    parser.add_argument(
+        "--candidate", action="append", default=[], help="interleaved mode: one candidate's overrides (repeat)"
+    )
     args = parser.parse_args(argv)
+    if args.mode == "interleaved":
+        candidates = [c.split() for c in args.candidate]
+        report = bench_interleaved(candidates, [f"data.root={args.root.resolve()}", *args.override], args.rounds)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return
+        print(f"interleaved, {args.rounds} rounds, {report['cpu_cores']} cores, torch {report['torch']}")
+        for c in report["candidates"]:
+            print(
+                f"  {' '.join(c['overrides']) or '(default)':60s} {c['seconds_per_epoch']:6.2f} s/epoch   "
+                f"{c['process_seconds']:6.1f} s process (medians)"
+            )
+        return
     if args.mode == "reach":
         print(json.dumps(bench_reach(args.override, args.target, _train_script(args.train))))
         return

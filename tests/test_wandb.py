@@ -134,7 +134,7 @@ def test_ctrl_c_finishes_the_wandb_run_as_interrupted_with_the_epochs_done(tmp_p
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumed_logs_all_its_epochs_to_a_new_wandb_run(tmp_path):
+def test_a_killed_run_resumed_gives_its_own_wandb_run_every_epoch(tmp_path):
     # kill -9 leaves W&B's run unfinished (offline: W&B writes it at finish); the resumed run continues the same
     # W&B run and gives it every epoch it does not hold
     args = ["logger=wandb", *SYNTHETIC, "data.train_size=3000", "trainer.epochs=3", "hydra.run.dir=run"]

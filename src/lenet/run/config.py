@@ -105,7 +105,7 @@ class WandbConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 256
     eval_batch_size: int = 1000
     precision: Precision = Precision.fp32
     compile: bool = False  # torch.compile the model

@@ -3,6 +3,7 @@
     lenet-bench [--root data] [--device cpu] [--batch-size 64] [--steps 300] [--rounds 3] [--json]
     lenet-bench process [--epochs 2] [--train train.py]   # whole processes: train.py vs the usual script
     lenet-bench process --logger wandb                    # both logging to W&B (offline)
+    lenet-bench process --recipe default --epochs 10      # the main job (train.py as users run it) vs the script
     lenet-bench reference [--epochs 2]                    # the usual script alone
     lenet-bench reach --target 0.99 --override device=cuda ...  # time for train.py to reach an accuracy
     lenet-bench interleaved --candidate "trainer.batch_size=128" --candidate "trainer.batch_size=256" \
@@ -48,11 +49,15 @@ def bench_process(
     workers: int,
     logger: str = "none",
     train: Path = Path("train.py"),
+    recipe: str = "seed",
 ) -> dict[str, Any]:
-    """Wall time of whole processes: ``train.py`` (seed path settings) vs the usual script, alternating.
+    """Wall time of whole processes: ``train.py`` vs the usual script, alternating.
 
-    Round ``r`` runs both with seed ``r``, so the accuracies compare over as many seeds as rounds. With
-    ``logger="wandb"`` both log to W&B offline: train.py with ``logger=wandb``, the usual script in-process.
+    ``recipe="seed"``: train.py with the usual script's settings (Adam, no schedule, its batch, resized images,
+    every training image); ``"default"``: train.py as a user runs it (the main job), only the data, epochs,
+    seed and logger given. Round ``r`` runs both with seed ``r``, so the accuracies compare over as many seeds
+    as rounds. With ``logger="wandb"`` both log to W&B offline: train.py with ``logger=wandb``, the usual
+    script in-process.
     """
     import tempfile
 
@@ -88,17 +93,20 @@ def bench_process(
                 }
             )
             run_dir = Path(tmp) / f"run{r}"
-            harness_cmd = [
-                sys.executable,
-                str(train),
-                f"data.root={root}",
-                f"trainer.epochs={epochs}",
+            same_as_usual = [
                 f"trainer.batch_size={batch_size}",
                 "optimizer=adam",
                 "scheduler=none",
                 "data.resize=resize",
                 "data.val_size=0",  # the usual script trains on every training image and validates on none
                 "trainer.best=null",
+            ]
+            harness_cmd = [
+                sys.executable,
+                str(train),
+                f"data.root={root}",
+                f"trainer.epochs={epochs}",
+                *(same_as_usual if recipe == "seed" else []),
                 f"logger={logger}",
                 f"device={device}",
                 f"seed={r}",
@@ -133,6 +141,7 @@ def bench_process(
         "rounds": rounds,
         "device": device,
         "logger": logger,
+        "recipe": recipe,
         **machine(),
     }
     return report
@@ -236,8 +245,9 @@ def _print_steps(report: dict[str, Any]) -> None:
 def _print_process(report: dict[str, Any]) -> None:
     s = report["setup"]
     print(
-        f"whole process, {s['epochs']} epochs, batch {s['batch_size']}, {s['rounds']} rounds, {s['cpu_cores']} cores, "
-        f"logger={s['logger']} (both scripts)"
+        f"whole process, {s['epochs']} epochs, the usual script's batch {s['batch_size']}, {s['rounds']} rounds, "
+        f"{s['cpu_cores']} cores, logger={s['logger']} (both scripts), train.py "
+        + ("with the usual script's settings" if s["recipe"] == "seed" else "as users run it (its default recipe)")
     )
     for name in ("usual", "harness"):
         r = report[name]
@@ -279,6 +289,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         help="process mode: both scripts log to W&B offline (train.py with logger=wandb)",
     )
     parser.add_argument("--wandb-dir", type=Path, help="reference mode: log to W&B offline in this folder")
+    parser.add_argument(
+        "--recipe",
+        default="seed",
+        choices=["seed", "default"],
+        help="process mode: train.py with the usual script's settings (seed), or as a user runs it (default)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--target", type=float, default=0.99, help="reach mode: the test accuracy to reach")
     parser.add_argument(
@@ -324,6 +340,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             args.workers,
             args.logger,
             _train_script(args.train),
+            args.recipe,
         )
     if args.json:
         print(json.dumps(report, indent=2))

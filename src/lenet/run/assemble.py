@@ -239,19 +239,24 @@ def _dataset(data: Any, root: Path, device: torch.device) -> Splits:
     with _datasets_lock:
         if key not in _datasets:
             _datasets.clear()  # one dataset at a time: a sweep over datasets does not pile them up in memory
-            _datasets[key] = load_dataset(
-                data.name,
-                root,
-                data.download,
-                data.resize.value,
-                data.mean,
-                data.std,
-                device,
-                train_size=data.train_size,
-                val_size=data.val_size,
-                test_size=data.test_size,
-                size=data.size,
-                num_classes=data.num_classes,
-                loader=data.loader,
-            )
+            _datasets[key] = load_configured(data, root, device, data.download)
         return _datasets[key]
+
+
+def load_configured(data: Any, root: Path, device: torch.device, download: bool) -> Splits:
+    """The splits the ``data`` config describes, read from ``root`` onto ``device``."""
+    return load_dataset(
+        data.name,
+        root,
+        download,
+        data.resize.value,
+        data.mean,
+        data.std,
+        device,
+        train_size=data.train_size,
+        val_size=data.val_size,
+        test_size=data.test_size,
+        size=data.size,
+        num_classes=data.num_classes,
+        loader=data.loader,
+    )

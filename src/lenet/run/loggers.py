@@ -113,17 +113,25 @@ def logger_nodes(nodes: Mapping[str, Any]) -> dict[str, Any]:
 REQUIRED_METHODS = ("log_row", "finish")
 
 
-def check_loggers(nodes: Mapping[str, Any]) -> None:
-    """What each logger can say of its settings before any folder is made (its class's ``check_settings``)."""
-    every = nodes.get(STEP_LOGGING_KEY, 0)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise ConfigError(f"logger.{STEP_LOGGING_KEY} must be 0 (epochs only) or a number of steps, got {every!r}")
+def _nodes(nodes: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(key, node as a mapping) of each logger of the ``logger`` config; one that is not a node is refused."""
+    found = []
     for name, node in logger_nodes(nodes).items():
         key = f"logger.{name}"
         if dataclasses.is_dataclass(node):
             node = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
         if not isinstance(node, Mapping):
             raise ConfigError(f"{key} must be a node with a _target_, got {node!r}")
+        found.append((key, node))
+    return found
+
+
+def check_loggers(nodes: Mapping[str, Any]) -> None:
+    """What each logger can say of its settings before any folder is made (its class's ``check_settings``)."""
+    every = nodes.get(STEP_LOGGING_KEY, 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"logger.{STEP_LOGGING_KEY} must be 0 (epochs only) or a number of steps, got {every!r}")
+    for key, node in _nodes(nodes):
         bound = bind(node, key)
         check = getattr(bound.func, "check_settings", None)
         if callable(check):
@@ -134,12 +142,7 @@ def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Logge
     """The loggers that ``nodes`` (the ``logger`` config: name -> node with ``_target_``) describe, started."""
     loggers = Loggers()
     try:
-        for name, node in logger_nodes(nodes).items():
-            key = f"logger.{name}"
-            if dataclasses.is_dataclass(node):
-                node = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
-            if not isinstance(node, Mapping):
-                raise ConfigError(f"{key} must be a node with a _target_, got {node!r}")
+        for key, node in _nodes(nodes):
             logger = construct(node, key, offered)
             missing = [m for m in REQUIRED_METHODS if not callable(getattr(logger, m, None))]
             if missing:
@@ -147,7 +150,7 @@ def build_loggers(nodes: Mapping[str, Any], offered: Mapping[str, Any]) -> Logge
                     f"{key}._target_={node['_target_']} has no {' or '.join(missing)} method: "
                     "subclass lenet.run.loggers.Logger"
                 )
-            loggers.loggers[name] = logger
+            loggers.loggers[key.removeprefix("logger.")] = logger
     except BaseException:
         loggers.finish({"status": "failed"}, 1)  # those already started
         raise

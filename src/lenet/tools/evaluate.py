@@ -17,10 +17,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from lenet.core.data import load_dataset
 from lenet.core.errors import UserError
 from lenet.core.losses import build_loss
 from lenet.core.metrics import build_metrics
+from lenet.run.assemble import load_configured
 from lenet.run.files import check_writable_name, save_figure, write_text
 from lenet.tools.inference import Run, add_loading_arguments, load_run
 from lenet.training.loop import evaluate as evaluate_model
@@ -52,21 +52,7 @@ def evaluate_run(run: Run, data_root: Optional[Path] = None, batch_size: int = 1
     root = data_root or Path(data.root).expanduser()
     if not root.is_absolute():
         root = run_cwd(run.run_dir) / root
-    test = load_dataset(
-        data.name,
-        root,
-        False,
-        data.resize.value,
-        data.mean,
-        data.std,
-        run.device,
-        train_size=data.train_size,
-        val_size=data.val_size,
-        test_size=data.test_size,
-        size=data.size,
-        num_classes=data.num_classes,
-        loader=data.loader,
-    ).test
+    test = load_configured(data, root, run.device, download=False).test
     loss_fn = build_loss(run.cfg.loss)
     with torch.inference_mode():
         result = evaluate_model(run.model, loss_fn, test, batch_size, metrics=build_metrics(["per_class_accuracy"]))

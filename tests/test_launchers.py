@@ -190,7 +190,9 @@ def test_optuna_search_finds_the_best_trial(tmp_path):
     )
     assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "trainer.batch_size"}
     report = compare(sweep)
-    assert report.count("| optimizer.lr=") == 3  # every trial is its own variant
+    ranked = [line for line in report.splitlines() if line.startswith("| ") and " | completed | " in line]
+    assert len(ranked) == 3 and ranked[0].startswith("| 1 | ")  # every trial its own row, ranked by its objective
+    assert "storage" not in report and "optuna_pruning" not in report  # short labels
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def test_a_refused_resume_leaves_the_runs_config_and_summary_alone(tmp_path):
     overrides = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
     summary = (tmp_path / "run" / "summary.json").read_text()
     result = run_train(*TINY, "optimizer.lr=0.01", "trainer.resume=true", "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 1 and "it was made with optimizer.lr=0.05 (now 0.01)" in result.stderr
+    assert result.returncode == 1 and "it was made with optimizer.lr=0.1 (now 0.01)" in result.stderr
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"junk")  # and a resume that fails on its checkpoint
     result = run_train(*TINY, "trainer.resume=true", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 1 and "cannot resume from" in result.stderr

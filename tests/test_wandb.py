@@ -36,7 +36,7 @@ def test_offline_run_records_history_config_summary_and_weights(tmp_path):
     assert {"epoch", "train_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"} <= set(epochs[0])
     steps = [row for row in wb.history if "train_loss_step" in row]
     assert [row["_step"] for row in steps] == [3, 6] and all(r["train_loss_step"] > 0 for r in steps)
-    assert wb.config["optimizer"]["lr"] == 0.05 and wb.config["data"]["name"] == "synthetic"
+    assert wb.config["optimizer"]["lr"] == 0.1 and wb.config["data"]["name"] == "synthetic"
     assert wb.config["trainer"]["precision"] == "fp32"  # the resolved config, enums as strings
     summary = read_json(run_dir / "summary.json")
     assert wb.summary["final_test_acc"] == summary["final_test_acc"] and wb.summary["num_params"] == 61_706

@@ -193,7 +193,13 @@ def run_lives(lives: Sequence[Life], steps: Optional[Callable[[], Steps]] = None
     """Drive ``lives`` to their ends together: each started, all fitted by one ``fit_group`` (``steps``: how the group
     takes its steps; None: each its own), each completed and recorded. A life whose own part fails ends alone; a
     signal or a second Ctrl-C ends every life not yet ended, and is raised again after they are recorded."""
-    waiting = [life for life in lives if not life.kept()]
+    waiting = []
+    for life in lives:
+        try:
+            if not life.kept():
+                waiting.append(life)
+        except Exception as e:  # it cannot be told whether it completed with this config: it fails, its files as they are
+            life.error = e
     try:
         with signals.recorded():
             signals.raise_if_pending()  # received during start-up or between a sweep's jobs

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `pip install -e .` alone (no extras) trains, sweeps with the parallel launcher and warns about no plugin;
-# `pip install .` gives console scripts that work outside the checkout; an extra asked for without being
+# `pip install .` gives console scripts, `python -m lenet` and `from lenet import train` that work outside the
+# checkout (the configs are in the package); an extra asked for without being
 # installed is one line. Run by .ci/run in a venv of its own (torch from the same place the README says).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,6 +26,9 @@ grep -q "optuna, which is not installed" optuna.err
 git -C "$repo" archive --format=tar HEAD | (mkdir -p "$work/src" && tar -x -C "$work/src")  # a build leaves build/ behind
 pip install -q "$work/src"  # not editable: the console scripts from the installed package
 lenet-compare sweep > compare.out && grep -q "2 jobs" compare.out
+python -m lenet "${tiny[@]}" hydra.run.dir=installed 2> installed.err  # the configs ship with the package
+grep -q '"status": "completed"' installed/summary.json
+python -c "from lenet import train; r = train(['logger=none', 'data=synthetic', 'data.train_size=256', 'trainer.epochs=1'], echo=False); assert r.status == 'completed', r"
 python - <<'PY'
 import gzip, numpy as np, pathlib
 from lenet.core.data import make_synthetic

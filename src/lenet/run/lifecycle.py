@@ -198,7 +198,9 @@ def run_lives(lives: Sequence[Life], steps: Optional[Callable[[], Steps]] = None
         try:
             if not life.kept():
                 waiting.append(life)
-        except Exception as e:  # it cannot be told whether it completed with this config: it fails, its files as they are
+        except (
+            Exception
+        ) as e:  # it cannot be told whether it completed with this config: it fails, its files as they are
             life.error = e
     try:
         with signals.recorded():

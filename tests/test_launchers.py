@@ -441,3 +441,16 @@ def test_a_launcher_preset_of_your_own_is_one_yaml(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Launching 4 jobs, 2 at a time, each in its own process" in result.stdout + result.stderr
     assert [s["status"] for s in job_summaries(tmp_path / "sweep")] == ["completed"] * 4
+
+
+@pytest.mark.slow
+def test_the_local_launcher_gives_each_job_the_share_the_processes_launcher_gives(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    counts = {}
+    for launcher in ("local", "processes"):
+        result = run_train(
+            "-m", f"hydra/launcher={launcher}", "seed=0,1", *SYNTHETIC, f"hydra.sweep.dir={launcher}", cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        counts[launcher] = [s["num_threads"] for s in job_summaries(tmp_path / launcher)]
+    assert counts["local"] == counts["processes"] == [max(1, available_cores() // 2)] * 2  # never every core each

@@ -218,3 +218,20 @@ def test_a_three_channel_dataset_of_your_own_is_one_loader_and_one_yaml(tmp_path
     assert classic.returncode == 1 and classic.stderr.count("\n") == 1, classic.stderr  # refused before any work
     assert "model=lenet5_classic takes 1-channel images in 10 classes" in classic.stderr
     assert "this data has 3 channels and 4 classes: use model=lenet5" in classic.stderr
+
+
+@pytest.mark.parametrize("experiment, epochs, batch", [(None, 10, 256), ("fast", 3, 128)])
+def test_the_default_and_the_fast_recipe_compose_as_chosen_and_run(tmp_path, experiment, epochs, batch):
+    from conftest import CONF, run_in_process
+    from hydra import compose, initialize_config_dir
+
+    from lenet.run.config import register_configs, to_typed
+
+    extra = [f"+experiment={experiment}"] if experiment else []
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = to_typed(compose("config", overrides=extra))
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer["lr"]) == (epochs, batch, 0.1)
+    assert cfg.scheduler["pct_start"] == 0.3 and cfg.data.name == "mnist" and cfg.model["pooling"] == "max"
+    summary, _ = run_in_process(tmp_path, "run", *extra, "trainer.epochs=1", f"trainer.batch_size={batch}")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1  # on synthetic data, one epoch

@@ -203,7 +203,10 @@ class FusedLauncher(SetUpLauncher):
 
 def _member_logger(member: Any) -> logging.LoggerAdapter:
     """A member's log: its own train.log, and the console with its label in front."""
+    from lenet.run.files import check_writable_name
+
     logger = logging.getLogger(f"lenet.fused.{member.job.run_dir}")
+    check_writable_name(member.job.run_dir / "train.log")  # a log appended to, never through a link
     handler = logging.FileHandler(member.job.run_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logger.handlers = [handler]

@@ -56,6 +56,7 @@ def _train_env(env: dict | None) -> dict:
     # hides the module a test writes (Python >= 3.11; lenet itself comes from the install's src/)
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONSAFEPATH": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.pop("WANDB_SERVICE", None)  # a run starts its own W&B service, not the one a test process started
     return full_env
 
 

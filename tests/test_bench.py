@@ -41,6 +41,7 @@ def test_reports_print_as_tables(capsys):
         "torch": "x",
         "epochs": 2,
         "logger": "none",
+        "recipe": "seed",
     }
     _print_steps(
         {

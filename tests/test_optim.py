@@ -101,7 +101,7 @@ def test_default_sgd_matches_the_previous_hand_written_arithmetic():
         optimizer.step()
         g = grad + 5e-4 * expected
         buf = g.clone() if buf is None else 0.9 * buf + g
-        expected = expected - 0.05 * (g + 0.9 * buf)
+        expected = expected - 0.1 * (g + 0.9 * buf)  # the default peak lr
     assert torch.allclose(w.detach(), expected, atol=1e-6)
 
 

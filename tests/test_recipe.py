@@ -95,7 +95,7 @@ def test_a_torch_scheduler_by_target_trains_and_resumes_exactly(tmp_path, schedu
     overrides = ["scheduler=none", *scheduler, "data.train_size=256", "trainer.epochs=3"]
     full, full_dir = exact_resume_check(tmp_path, overrides)
     lrs = [row["lr"] for row in read_jsonl(full_dir / "metrics.jsonl")]
-    assert lrs == pytest.approx([0.05, 0.025, 0.0125])  # halved after each epoch, by both schedulers here
+    assert lrs == pytest.approx([0.1, 0.05, 0.025])  # halved after each epoch, by both schedulers here
     assert full["scheduler"] == scheduler[0].split("=")[1]  # no choice known in-process: the _target_ names it
 
 

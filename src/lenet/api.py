@@ -117,9 +117,11 @@ def _resolved(path: Path, cwd: Path) -> Path:
 
 def _stream(command: list[str], cwd: Path, echo: bool) -> tuple[int, Optional[str]]:
     """Run ``command`` showing its output as it comes; its exit status and the last ``error:`` line it printed."""
-    process = subprocess.Popen(
-        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    env = dict(os.environ)
+    # a run starts a W&B service of its own: one the caller started (a notebook that used W&B) would outlive a
+    # killed run and keep its W&B run held
+    env.pop("WANDB_SERVICE", None)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     errors: list[str] = []
 
     def pump(source: TextIO, sink: TextIO, keep: bool) -> None:

@@ -1,6 +1,8 @@
 """The default thread count: the job's share of the cores, tried against fewer, and kept on resume."""
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,8 +76,6 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_the_same_command_gives_the_same_rows_on_a_quiet_and_on_a_busy_machine(tmp_path):
-    import subprocess
-
     from conftest import read_jsonl, run_train, without_time
 
     args = ["logger=none", "data=synthetic", "data.train_size=2000", "trainer.epochs=2", "device=cpu"]
@@ -96,9 +96,29 @@ def test_a_busy_machine_is_said_in_one_line_only_where_the_default_count_cannot_
     from lenet.run import threads
 
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (4.6, 4.0, 3.0))
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 4.0)
     line = threads.busy_machine(2)
-    assert "load 4.6 on 2 cores" in line and "device.num_threads=1" in line and "probe" in line and "\n" not in line
+    assert "4 other tasks running on 2 cores" in line and "device.num_threads=1" in line and "probe" in line
+    assert "\n" not in line
     assert threads.busy_machine(1) is None  # one thread: nothing fewer to choose
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 0.0)
     assert threads.busy_machine(2) is None  # a quiet machine
+
+
+def test_the_busy_line_reads_what_runs_now_not_a_run_that_just_ended(monkeypatch):
+    from lenet.run import threads
+
+    if not Path("/proc/stat").exists():
+        pytest.skip("needs Linux's /proc/stat")
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    # the one-minute average would still hold a run that ended a moment ago: on Linux it is never read
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: pytest.fail("the one-minute load average was read"))
+    busy = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]  # every core taken now
+    try:
+        time.sleep(0.2)
+        assert threads.running_elsewhere() >= 2
+        assert threads.busy_machine(2) is not None
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()

@@ -115,24 +115,48 @@ def choose_num_threads(
     return probe_num_threads(budget)
 
 
-def busy_machine(threads: int) -> Optional[str]:
-    """One line when the machine's load leaves a job fewer free cores than its ``threads`` (None otherwise).
+def running_elsewhere(samples: int = 5, interval: float = 0.01) -> Optional[float]:
+    """How many tasks other than this one are running now (median of a few reads), or None where unknown.
 
-    The load is the OS's one-minute average of runnable processes (this sweep's other jobs included): the
-    cores it leaves free are what this job's threads share; with fewer, every step waits for a busy core.
+    Linux counts the runnable tasks of the moment (``procs_running`` in ``/proc/stat``, this reader
+    included); elsewhere the OS's one-minute load average stands in. Not the average on Linux: it still
+    holds a run that just ended, so a user's second run in a row would be told the machine is busy.
     """
+    counts = []
     try:
-        load = os.getloadavg()[0]
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            with open("/proc/stat", encoding="ascii") as stat:
+                counts.extend(int(line.split()[1]) - 1 for line in stat if line.startswith("procs_running "))
+    except (OSError, ValueError, IndexError):
+        counts = []
+    if counts:
+        return float(statistics.median(counts))
+    try:
+        return os.getloadavg()[0]
     except (AttributeError, OSError):  # not every OS reports it
         return None
+
+
+def busy_machine(threads: int) -> Optional[str]:
+    """One line when the work running now leaves a job fewer free cores than its ``threads`` (None otherwise).
+
+    The work counted is every other running task (this sweep's other jobs included): the cores it leaves
+    free are what this job's threads share; with fewer, every step waits for a busy core.
+    """
+    if threads <= 1:
+        return None
+    others = running_elsewhere()
     cores = available_cores()
-    if threads <= 1 or cores - load >= threads - 0.5:
+    if others is None or cores - others >= threads - 0.5:
         return None
     return (
-        f"the machine is busy (load {load:.1f} on {cores} cores): this job's {threads} CPU threads share the cores "
-        "other work leaves, and every step waits for the slowest (seen here: an epoch 6x slower with 2 threads "
-        "than with 1 under a load of 4-6); the default keeps results repeatable, device.num_threads=1 or "
-        "device.num_threads=probe (the fastest count now, not repeatable) trade that for speed"
+        f"the machine is busy ({others:g} other tasks running on {cores} cores): this job's {threads} CPU threads "
+        "share the cores other work leaves, and every step waits for the slowest (seen here: an epoch 6x slower "
+        "with 2 threads than with 1 under a load of 4-6); the default keeps results repeatable, "
+        "device.num_threads=1 or device.num_threads=probe (the fastest count now, not repeatable) trade that "
+        "for speed"
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -133,7 +132,6 @@ class Life:
         every = self.cfg.logger.get(STEP_LOGGING_KEY, 0)
         if every and self.tracking.loggers.loggers:
             harness["step_logging"] = StepLogging(self.tracking.loggers, every)
-        self.tracking.steps_per_epoch = math.ceil(len(self.settings.train) / self.cfg.trainer.batch_size)
         self.callbacks = self.run.callbacks.then(harness)
 
     def _continue(self) -> int:
@@ -198,9 +196,8 @@ def run_lives(lives: Sequence[Life], steps: Optional[Callable[[], Steps]] = None
         try:
             if not life.kept():
                 waiting.append(life)
-        except (
-            Exception
-        ) as e:  # it cannot be told whether it completed with this config: it fails, its files as they are
+        except Exception as e:
+            # it cannot be told whether it completed with this config: it fails, its files as they are
             life.error = e
     try:
         with signals.recorded():

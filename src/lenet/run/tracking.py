@@ -61,11 +61,11 @@ class Tracking(Callback):
         self.run_dir, self.epochs, self.weights = run_dir, epochs, weights
         self.loggers = loggers or Loggers()
         self.log = logger or log  # where its lines go: the run's console and train.log
-        self.steps_per_epoch = 1  # optimizer steps per epoch: the loggers' step of an earlier epoch's row
 
     def on_fit_start(self, run: TrainState) -> None:
         self._write_metrics(run.history)  # a resumed run drops epochs logged after its checkpoint was written
-        self.loggers.resume([(row, row["epoch"] * self.steps_per_epoch) for row in run.history])
+        per_epoch = run.step // run.epoch if run.epoch else 0  # every epoch takes the same steps
+        self.loggers.resume([(row, row["epoch"] * per_epoch) for row in run.history])  # each at the step ending it
 
     def on_epoch_end(self, run: TrainState, row: dict[str, Any]) -> None:
         self._write_metrics(run.history)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lenet.core.errors import UserError
+from lenet.core.metrics import minimised
 from lenet.run.files import check_writable_name, write_text
 from lenet.tools.comparison_plot import DEFAULT_METRIC, plot
 from lenet.tools.jobs import (
@@ -35,7 +36,6 @@ from lenet.tools.jobs import (
     is_fraction,
     is_search,
     load_jobs,
-    lower_is_better,
     varied_keys,
 )
 from lenet.tools.stats import MIN_SEEDS, PairedTest, confidence_interval, mean_std, paired_test
@@ -46,7 +46,7 @@ TABLES = ("comparison.md", "comparison.csv", "comparison_curves.csv")
 
 
 def _bounds(metric: str) -> tuple[float, float]:
-    return (0.0, 1.0) if is_fraction(metric) else (0.0, math.inf) if lower_is_better(metric) else (-math.inf, math.inf)
+    return (0.0, 1.0) if is_fraction(metric) else (0.0, math.inf) if minimised(metric) else (-math.inf, math.inf)
 
 
 def summarise(variant: Variant, metric: str = DEFAULT_METRIC) -> dict[str, Any]:
@@ -324,7 +324,7 @@ def compare(
     if not search:
         lines += [markdown_table(rows, metric, chosen_on), ""]
         ranked = [r for r in rows if not math.isnan(r[f"final_{metric}_mean"])]
-        ranked.sort(key=lambda r: r[f"final_{metric}_mean"], reverse=not lower_is_better(metric))
+        ranked.sort(key=lambda r: r[f"final_{metric}_mean"], reverse=not minimised(metric))
         if len(ranked) > 1:
             lines += [
                 f"Ranked by mean final {metric}, best first: " + " > ".join(_cell(r["variant"]) for r in ranked) + ".",

@@ -11,8 +11,9 @@ import statistics
 import textwrap
 from pathlib import Path
 
+from lenet.core.metrics import minimised
 from lenet.run.files import save_figure
-from lenet.tools.jobs import Variant, is_fraction, lower_is_better
+from lenet.tools.jobs import Variant, is_fraction
 from lenet.tools.stats import confidence_interval
 
 DEFAULT_METRIC = "test_acc"
@@ -43,9 +44,7 @@ def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC, titl
 
     drawn = ("test error" if metric == DEFAULT_METRIC else f"1 - {metric}") if is_fraction(metric) else metric
     axis_label = f"{drawn} (%, log scale)" if is_fraction(metric) else drawn
-    bounds = (
-        (0.0, 100.0) if is_fraction(metric) else (0.0, math.inf) if lower_is_better(metric) else (-math.inf, math.inf)
-    )
+    bounds = (0.0, 100.0) if is_fraction(metric) else (0.0, math.inf) if minimised(metric) else (-math.inf, math.inf)
     curves_of = {id(v): _curves(v, metric) for v in variants}
     shown = [v for v in variants if curves_of[id(v)]]
     fig, (curve_ax, final_ax) = plt.subplots(
@@ -80,7 +79,7 @@ def plot(variants: list[Variant], path: Path, metric: str = DEFAULT_METRIC, titl
     else:
         curve_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve_ax.set_xlim(0.5, most_epochs + 0.5)
-    if is_fraction(metric) or lower_is_better(metric):
+    if is_fraction(metric) or minimised(metric):
         curve_ax.set_yscale("log")
         for axis in (curve_ax.yaxis.set_major_formatter, curve_ax.yaxis.set_minor_formatter):
             axis(ScalarFormatter())  # plain numbers: 0.8, 1, 2 rather than powers of ten

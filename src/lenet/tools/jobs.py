@@ -111,14 +111,9 @@ class Variant:
         return [v for j in self.done if (v := j.at_best(key)) is not None]
 
 
-def lower_is_better(key: str) -> bool:
-    """Whether a smaller value of metrics.jsonl key ``key`` is the better one."""
-    return minimised(key)
-
-
 def is_fraction(key: str) -> bool:
     """Whether ``key`` holds a fraction shown in percent (accuracies and the like)."""
-    return not lower_is_better(key) and key != "lr"
+    return not minimised(key) and key != "lr"
 
 
 def is_search(sweep_dir: Path) -> bool:
